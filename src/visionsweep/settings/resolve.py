@@ -1,0 +1,185 @@
+"""Turning user input (Python values, files, ``--set KEY=VALUE``) into validated ``Settings``.
+
+Every problem is collected and reported together; nothing given is silently dropped: a key that
+only means something on Azure, or that does not apply to the chosen model, is kept in
+``Settings.notes`` and shown to the user.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from visionsweep.errors import SettingsError
+from visionsweep.settings.defaults import task_model_defaults
+from visionsweep.settings.schema import Settings, combination_problems, scope_of
+from visionsweep.tasks import Task, parse_task
+
+# Names of Azure's job YAML (v2) and of its inference settings.json, mapped to the runtime names
+# used throughout visionsweep. Both spellings are accepted everywhere.
+ALIASES = {
+    "gradient_accumulation_step": "grad_accumulation_step",
+    "learning_rate_scheduler": "lr_scheduler",
+    "ams_gradient": "amsgrad",
+    "validation_resize_size": "valid_resize_size",
+    "validation_crop_size": "valid_crop_size",
+    "training_crop_size": "train_crop_size",
+    "box_score_threshold": "box_score_thresh",
+    "nms_iou_threshold": "nms_iou_thresh",
+    "box_detections_per_image": "box_detections_per_img",
+    "image_size": "img_size",
+    "tile_predictions_nms_threshold": "tile_predictions_nms_thresh",
+    "random_seed": "seed",
+    "number_of_workers": "num_workers",
+    "validation_data_size": "validation_size",
+    "split_ratio": "validation_size",
+}
+
+# Accepted so that Azure settings load unchanged, but they configure Azure services, not training.
+AZURE_ONLY_KEYS = frozenset({
+    "save_mlflow", "enable_code_generation", "stream_image_files", "log_verbose_metrics",
+    "print_local_package_versions", "output_scoring", "validate_scoring", "log_scoring_file_info",
+    "distributed", "label_column_name", "project_id", "version_number",
+})
+
+_ADVANCED_KEYS = {"stream_image_files", "apply_automl_train_augmentations", "apply_mosaic_for_yolo"}
+
+
+def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) -> Settings:
+    """Validate ``values`` for ``task`` and fill in the task's and model's defaults.
+
+    Raises ``SettingsError`` listing every problem: unknown keys (with the nearest valid name),
+    values of the wrong type or out of range, keys that do not apply to the task, bad combinations.
+    """
+    task = parse_task(task)
+    given, notes, problems = _canonical_keys(dict(values or {}))
+    given.pop("task", None)
+
+    model_name = given.get("model_name", task.default_model)
+    if model_name not in task.model_names:
+        problems.append(f"model_name: got {model_name!r}; allowed for {task}: {', '.join(task.model_names)}")
+        model_name = task.default_model  # keep validating the other keys against the default model
+    for key in list(given):
+        scope = scope_of(key)
+        if task not in scope.tasks:
+            problems.append(f"{key}: does not apply to {task}; it is a setting of {scope.describe()}")
+            del given[key]
+        elif not scope.covers(task, model_name):
+            notes.append(f"{key}={given[key]!r} has no effect with model_name {model_name}")
+    metric = given.get("primary_metric")
+    if metric is not None and metric not in task.primary_metric_choices:
+        problems.append(f"primary_metric: got {metric!r}; allowed for {task}: {', '.join(task.primary_metric_choices)}")
+        del given["primary_metric"]
+
+    merged = {**task_model_defaults(task, model_name, given), **given, "task": task, "model_name": model_name}
+    settings = None
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as error:
+        problems.extend(_describe(error))
+    else:
+        problems.extend(combination_problems(settings))
+    if problems:
+        raise SettingsError(problems)
+    settings.notes.extend(notes)
+    return settings
+
+
+def load_settings_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat mapping of settings from a YAML or JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError([f"settings file {path} does not exist"], context="settings file")
+    try:
+        content = yaml.safe_load(path.read_text())  # JSON is a subset of YAML
+    except yaml.YAMLError as error:
+        raise SettingsError([f"{path} is not valid YAML or JSON: {error}"], context="settings file") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise SettingsError([f"{path} must hold a mapping of KEY: VALUE, not a {type(content).__name__}"],
+                            context="settings file")
+    return content
+
+
+def parse_set_options(options: Iterable[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; values are read as YAML scalars (``0.01``, ``true``, ``[3, 2]``)."""
+    values: dict[str, Any] = {}
+    problems = []
+    for option in options:
+        key, sep, text = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--set {option!r}: write it as KEY=VALUE, e.g. --set learning_rate=0.01")
+            continue
+        try:
+            values[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            values[key] = text
+    if problems:
+        raise SettingsError(problems, context="--set option")
+    return values
+
+
+def all_setting_names() -> list[str]:
+    return [name for name in Settings.model_fields if name != "task"]
+
+
+def _canonical_keys(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Map aliases to runtime names, unpack advanced_settings, set aside Azure-only keys."""
+    notes: list[str] = []
+    problems: list[str] = []
+    if "advanced_settings" in values:
+        advanced, advanced_problems = _unpack_advanced(values.pop("advanced_settings"))
+        problems.extend(advanced_problems)
+        for key, value in advanced.items():
+            values.setdefault(key, value)
+    known = set(Settings.model_fields)
+    given: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name in AZURE_ONLY_KEYS:
+            notes.append(f"{key}={value!r} is ignored: it only configures Azure services")
+        elif name not in known:
+            problems.append(_unknown_key(key))
+        elif name in given:
+            problems.append(f"{key} and {spelled[name]} are the same setting; give only one")
+        else:
+            given[name] = value
+            spelled[name] = key
+    return given, notes, problems
+
+
+def _unpack_advanced(raw: Any) -> tuple[dict[str, Any], list[str]]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            return {}, [f"advanced_settings: not valid JSON ({error}); write e.g. '{{\"apply_mosaic_for_yolo\": false}}'"]
+    if not isinstance(raw, dict):
+        return {}, [f"advanced_settings: must be a JSON object, got {type(raw).__name__}"]
+    unknown = sorted(set(raw) - _ADVANCED_KEYS)
+    if unknown:
+        return {}, [f"advanced_settings: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ADVANCED_KEYS))}"]
+    return raw, []
+
+
+def _unknown_key(key: str) -> str:
+    candidates = all_setting_names() + list(ALIASES)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see docs/settings.md for the list"
+    return f"{key}: unknown setting{hint}"
+
+
+def _describe(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: got {item['input']!r}; {message}")
+    return lines

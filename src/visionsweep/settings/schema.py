@@ -1,0 +1,272 @@
+"""The hyperparameter schema: every key, its type, its allowed range and where it applies.
+
+Ranges follow the public Azure documentation (the vendor code checks far less). Defaults here are
+the ones that do not depend on task or model; those that do are filled in by
+``visionsweep.settings.defaults.task_model_defaults`` before validation.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from visionsweep.tasks import RCNN_DETECTION_MODELS, SEGMENTATION_MODELS, VIT_MODELS, Task
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Settings(BaseModel):
+    """Resolved settings of one training run. Build it with ``resolve_settings``, not directly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    task: Task
+    model_name: str = Field(description="Model architecture; see docs/models.md for the names per task.")
+
+    # --- training loop (all tasks) -------------------------------------------------------------
+    number_of_epochs: PositiveInt = Field(description="Training epochs.")
+    training_batch_size: PositiveInt = Field(description="Images per training batch.")
+    validation_batch_size: PositiveInt = Field(description="Images per validation and prediction batch.")
+    grad_accumulation_step: PositiveInt = Field(
+        1, description="Batches whose gradients are summed before one optimizer step.")
+    early_stopping: bool = Field(True, description="Stop when the primary metric stops improving.")
+    early_stopping_patience: PositiveInt = Field(
+        5, description="Evaluations without improvement (counted from early_stopping_delay) before stopping.")
+    early_stopping_delay: NonNegativeInt = Field(
+        5, description="Epoch index before which no evaluation counts towards patience.")
+    learning_rate: float = Field(gt=0.0, le=1.0, description="Initial (peak) learning rate.")
+    lr_scheduler: Literal["warmup_cosine", "step"] = Field(
+        "warmup_cosine", description="warmup_cosine: linear warmup then cosine, per step; step: StepLR per epoch.")
+    step_lr_gamma: UnitFloat = Field(0.5, description="step scheduler: factor applied every step_lr_step_size epochs.")
+    step_lr_step_size: PositiveInt = Field(5, description="step scheduler: epochs between decays.")
+    warmup_cosine_lr_cycles: UnitFloat = Field(
+        0.45, description="warmup_cosine: cosine cycles over the post-warmup steps (0.5 decays to zero).")
+    warmup_cosine_lr_warmup_epochs: NonNegativeInt = Field(2, description="warmup_cosine: epochs of linear warmup.")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer.")
+    momentum: UnitFloat = Field(0.9, description="sgd momentum.")
+    weight_decay: UnitFloat = Field(1e-4, description="Weight decay (not applied to norm layers and biases).")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum (needs momentum > 0).")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="adam/adamw first-moment decay.")
+    beta2: float = Field(0.999, ge=0.0, lt=1.0, description="adam/adamw second-moment decay.")
+    amsgrad: bool = Field(False, description="adam/adamw: use the AMSGrad variant.")
+    evaluation_frequency: PositiveInt = Field(1, description="Validate every N epochs (the last epoch always).")
+    checkpoint_frequency: Optional[PositiveInt] = Field(
+        None, description="Also keep a checkpoint every N epochs; unset keeps only the best epoch's checkpoint.")
+    checkpoint_run_id: Optional[str] = Field(
+        None, description="Incremental training: an earlier run folder whose best checkpoint to start from.")
+    checkpoint_filename: Optional[str] = Field(
+        None, description="Incremental training: a checkpoint file (relative to checkpoint_run_id when both given).")
+    layers_to_freeze: Optional[NonNegativeInt] = Field(
+        None, description="Freeze this many leading layer groups of the backbone (docs/models.md lists them).")
+    grad_clip_type: Literal["value", "norm"] = Field(
+        description="value: clip each gradient to +/-5; norm: clip the total L2 norm to 1.")
+    validation_size: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Fraction of the training data held out when no validation data is given.")
+    seed: Optional[NonNegativeInt] = Field(
+        None, description="Random seed; unset draws one, which is recorded in the run's settings.json.")
+    deterministic: bool = Field(False, description="Ask PyTorch for deterministic algorithms (slower on GPU).")
+    num_workers: NonNegativeInt = Field(description="Data loader worker processes (capped at the CPU count).")
+    ignore_data_errors: bool = Field(
+        True, description="Skip bad images and records (each reported); false makes the first one an error.")
+    primary_metric: str = Field(description="Metric that picks the best epoch and drives early stopping.")
+    log_training_metrics: Literal["Enable", "Disable"] = Field(
+        "Disable", description="Enable: also compute the primary metric on the training data each epoch.")
+    log_validation_loss: Literal["Enable", "Disable"] = Field(
+        "Enable", description="Detection: compute the validation loss each epoch.")
+    enable_onnx_normalization: bool = Field(
+        False, description="ONNX export: take 0-255 RGB input and normalise inside the graph.")
+    apply_automl_train_augmentations: bool = Field(True, description="Use the built-in training augmentations.")
+    pretrained: bool = Field(True, description="Start from pretrained weights; false trains from scratch.")
+    pretrained_weights: Optional[str] = Field(
+        None, description="A weights file to start from instead of the cache or a download.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    mixed_precision: bool = Field(True, description="Use automatic mixed precision on CUDA (no effect on CPU).")
+
+    # --- classification ------------------------------------------------------------------------
+    weighted_loss: Literal[0, 1, 2] = Field(0, description="0 none, 1 sqrt(class weights), 2 class weights.")
+    imbalance_rate_threshold: NonNegativeInt = Field(
+        2, description="weighted_loss applies only when max/min class frequency exceeds this.")
+    valid_resize_size: PositiveInt = Field(256, description="Validation: shorter side resized to this.")
+    valid_crop_size: PositiveInt = Field(224, description="Validation: centre crop fed to the network.")
+    train_crop_size: PositiveInt = Field(224, description="Training: random-resized-crop output size.")
+
+    # --- detection and segmentation (R-CNN family) -----------------------------------------------
+    min_size: PositiveInt = Field(600, description="Shorter side of the image fed to the model.")
+    max_size: PositiveInt = Field(1333, description="Longest side cap of the image fed to the model.")
+    box_score_thresh: UnitFloat = Field(0.3, description="Detections scoring below this are dropped.")
+    nms_iou_thresh: UnitFloat = Field(0.5, description="IoU of non-maximum suppression.")
+    box_detections_per_img: PositiveInt = Field(100, description="Maximum detections per image.")
+    validation_metric_type: Literal["none", "coco", "voc", "coco_voc"] = Field(
+        "voc", description="Detection metrics computed at validation.")
+    validation_iou_threshold: float = Field(
+        0.5, ge=0.1, le=1.0, description="IoU at which VOC-style metrics count a match.")
+
+    # --- tiling (object detection) ---------------------------------------------------------------
+    tile_grid_size: Optional[tuple[PositiveInt, PositiveInt]] = Field(
+        None, description="Tiles across and down, e.g. 3x2; unset turns tiling off.")
+    tile_overlap_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="Overlap of neighbouring tiles.")
+    tile_predictions_nms_thresh: UnitFloat = Field(0.25, description="IoU of the NMS that merges tile predictions.")
+
+    # --- YOLOv5 ----------------------------------------------------------------------------------
+    img_size: PositiveInt = Field(640, description="Letterboxed image size; a multiple of 32.")
+    model_size: Literal["small", "medium", "large", "xlarge", "extra_large"] = Field(
+        "medium", description="YOLOv5 depth and width.")
+    multi_scale: bool = Field(False, description="Vary the training image size by +/-50% in steps of 32.")
+    apply_mosaic_for_yolo: bool = Field(True, description="Mosaic augmentation for YOLOv5 training.")
+    giou: float = Field(0.05, ge=0.0, description="Box (GIoU) loss gain.")
+    cls: float = Field(0.58, ge=0.0, description="Class loss gain (scaled by classes/80).")
+    cls_pw: float = Field(1.0, gt=0.0, description="Positive weight of the class BCE.")
+    obj: float = Field(1.0, ge=0.0, description="Objectness loss gain.")
+    obj_pw: float = Field(1.0, gt=0.0, description="Positive weight of the objectness BCE.")
+    anchor_t: float = Field(4.0, gt=1.0, description="Anchor-to-target size ratio limit for assignment.")
+    fl_gamma: float = Field(0.0, ge=0.0, description="Focal loss gamma (0 is plain BCE).")
+    degrees: float = Field(0.0, ge=0.0, le=180.0, description="Affine rotation range (+/- degrees).")
+    translate: float = Field(0.0, ge=0.0, lt=1.0, description="Affine translation range (+/- fraction).")
+    scale: float = Field(0.5, ge=0.0, lt=1.0, description="Affine scale range: factor in [1-scale, 1+scale].")
+    shear: float = Field(0.0, ge=0.0, lt=90.0, description="Affine shear range (+/- degrees).")
+
+    # --- instance segmentation inference ---------------------------------------------------------
+    mask_pixel_score_threshold: UnitFloat = Field(0.5, description="Mask pixels above this are foreground.")
+    max_number_of_polygon_points: Annotated[int, Field(ge=3)] = Field(
+        100, description="Most (x, y) points per output polygon.")
+    export_as_image: bool = Field(False, description="Also write each predicted mask as an image file.")
+    image_type: Literal["jpg", "png", "bmp"] = Field("jpg", description="File type of exported mask images.")
+
+    @field_validator("tile_grid_size", mode="before")
+    @classmethod
+    def _parse_tile_grid(cls, value: Any) -> Any:
+        return parse_tile_grid_size(value)
+
+    @field_validator("image_type", mode="before")
+    @classmethod
+    def _lower_image_type(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("tile_overlap_ratio", mode="before")
+    @classmethod
+    def _overlap_is_float(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number in [0, 1), not a boolean")
+        return value
+
+    @property
+    def notes(self) -> list[str]:
+        """Given keys that were accepted but have no effect here (Azure-only, or for another model)."""
+        return self._notes
+
+    def applicable_keys(self) -> list[str]:
+        """The keys that mean something for this task and model, in schema order."""
+        return [name for name in type(self).model_fields if applies(name, self.task, self.model_name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values of the applicable keys (what a run writes to settings.json)."""
+        return self.model_dump(mode="json", include=set(self.applicable_keys()))
+
+
+def parse_tile_grid_size(value: Any) -> Any:
+    """Accept ``(3, 2)``, ``[3, 2]``, ``"3x2"``, ``"3X2"`` and ``"(3, 2)"``; leave anything else to validation."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if re.search(r"[xX]", text):
+        parts = [p for p in re.split(r"[\sxX]+", text) if p]
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{value!r} is not of the form COLUMNSxROWS, e.g. '3x2'")
+        return (int(parts[0]), int(parts[1]))
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{value!r} is not a grid; write it as '3x2' or (3, 2)") from None
+    if isinstance(parsed, float) or (isinstance(parsed, (tuple, list)) and any(isinstance(v, float) for v in parsed)):
+        raise ValueError(f"{value!r}: tile counts must be whole numbers")
+    return parsed
+
+
+def combination_problems(s: Settings) -> list[str]:
+    """Rules that involve several keys. Each problem names the keys involved."""
+    problems = []
+    if s.task.is_classification:
+        if s.valid_crop_size > s.valid_resize_size:
+            problems.append(
+                f"valid_crop_size ({s.valid_crop_size}) is larger than valid_resize_size ({s.valid_resize_size}); "
+                "the centre crop must fit inside the resized image")
+        if s.model_name in VIT_MODELS and s.train_crop_size != s.valid_crop_size:
+            problems.append(
+                f"{s.model_name} needs train_crop_size == valid_crop_size (got {s.train_crop_size} and "
+                f"{s.valid_crop_size}): the position embedding is built for one input size")
+    if s.optimizer == "sgd" and s.nesterov and s.momentum == 0:
+        problems.append("nesterov=true needs momentum > 0 with optimizer sgd; set nesterov=false or raise momentum")
+    if s.task in (Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION) and s.model_name != "yolov5":
+        if s.max_size < s.min_size:
+            problems.append(f"max_size ({s.max_size}) is smaller than min_size ({s.min_size})")
+    if s.model_name == "yolov5" and s.img_size % 32:
+        up = -(-s.img_size // 32) * 32
+        problems.append(f"img_size must be a multiple of 32 (the largest YOLOv5 stride); got {s.img_size}, try {up}")
+    if s.tile_grid_size is not None:
+        if s.task is not Task.OBJECT_DETECTION:
+            problems.append(f"tile_grid_size: tiling is only supported for image_object_detection, not {s.task}")
+        elif tuple(s.tile_grid_size) == (1, 1):
+            problems.append("tile_grid_size (1, 1) is one tile, the whole image; unset it to turn tiling off")
+    return problems
+
+
+# --- where each key applies ---------------------------------------------------------------------
+
+CLASSIFICATION_TASKS = frozenset({Task.CLASSIFICATION, Task.MULTILABEL})
+DETECTION_TASKS = frozenset({Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION})
+RCNN_MODELS = frozenset(RCNN_DETECTION_MODELS + SEGMENTATION_MODELS)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The tasks (and, optionally, models) for which a key means something."""
+
+    tasks: frozenset[Task]
+    models: frozenset[str] | None = None
+    models_label: str = ""
+
+    def covers(self, task: Task, model_name: str | None) -> bool:
+        if task not in self.tasks:
+            return False
+        return self.models is None or model_name is None or model_name in self.models
+
+    def describe(self) -> str:
+        text = " and ".join(sorted(t.value for t in self.tasks))
+        return f"{text} with {self.models_label}" if self.models_label else text
+
+
+_ALL = Scope(frozenset(Task))
+_CLS = Scope(CLASSIFICATION_TASKS)
+_RCNN = Scope(DETECTION_TASKS, RCNN_MODELS, "the R-CNN family (fasterrcnn_*, retinanet_*, maskrcnn_*)")
+_DETECTORS = Scope(DETECTION_TASKS)
+_YOLO = Scope(frozenset({Task.OBJECT_DETECTION}), frozenset({"yolov5"}), "model_name yolov5")
+_TILING = Scope(frozenset({Task.OBJECT_DETECTION}))
+_SEGMENTATION = Scope(frozenset({Task.INSTANCE_SEGMENTATION}))
+
+_SCOPES: dict[str, Scope] = {
+    **{k: _CLS for k in ("weighted_loss", "imbalance_rate_threshold", "valid_resize_size", "valid_crop_size",
+                         "train_crop_size")},
+    **{k: _RCNN for k in ("min_size", "max_size", "box_detections_per_img")},
+    **{k: _DETECTORS for k in ("box_score_thresh", "nms_iou_thresh", "validation_metric_type",
+                               "validation_iou_threshold", "log_validation_loss")},
+    **{k: _TILING for k in ("tile_grid_size", "tile_overlap_ratio", "tile_predictions_nms_thresh")},
+    **{k: _YOLO for k in ("img_size", "model_size", "multi_scale", "apply_mosaic_for_yolo", "giou", "cls", "cls_pw",
+                          "obj", "obj_pw", "anchor_t", "fl_gamma", "degrees", "translate", "scale", "shear")},
+    **{k: _SEGMENTATION for k in ("mask_pixel_score_threshold", "max_number_of_polygon_points", "export_as_image",
+                                  "image_type")},
+}
+
+
+def scope_of(key: str) -> Scope:
+    return _SCOPES.get(key, _ALL)
+
+
+def applies(key: str, task: Task, model_name: str | None) -> bool:
+    return scope_of(key).covers(task, model_name)
+
