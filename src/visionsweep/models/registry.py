@@ -1,0 +1,116 @@
+"""One registry from ``model_name`` to its builder, layer groups and pretrained weights.
+
+A builder is a function decorated with ``register_model``. Its keyword arguments are named like
+the settings they take (``valid_crop_size``, ``min_size`` ...), so ``create_model`` can hand each
+builder exactly the settings it asks for and nothing else.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from visionsweep.errors import SettingsError
+from visionsweep.models.freezing import freeze_layer_groups
+from visionsweep.models.weights import WeightsSource, load_pretrained
+from visionsweep.tasks import Task
+
+Builder = Callable[..., nn.Module]
+StateAdapter = Callable[[dict[str, Any], nn.Module], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What visionsweep knows about one model name.
+
+    ``layer_groups`` are the ordered parameter-name prefixes that ``layers_to_freeze`` counts;
+    ``head_prefixes`` name the class-dependent layers that pretrained weights never fill;
+    ``adapt_pretrained`` reshapes a pretrained state dict to the built model (e.g. a ViT's
+    position embedding for another input size).
+    """
+
+    name: str
+    task_family: str  # "classification", "detection" or "segmentation"
+    builder: Builder
+    layer_groups: tuple[tuple[str, ...], ...]
+    weights: WeightsSource | None
+    head_prefixes: tuple[str, ...] = ()
+    adapt_pretrained: StateAdapter | None = None
+    builder_args: tuple[str, ...] = field(default=())
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return _FAMILY_TASKS[self.task_family]
+
+
+_FAMILY_TASKS = {
+    "classification": (Task.CLASSIFICATION, Task.MULTILABEL),
+    "detection": (Task.OBJECT_DETECTION,),
+    "segmentation": (Task.INSTANCE_SEGMENTATION,),
+}
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    task_family: str,
+    layer_groups: tuple[tuple[str, ...], ...],
+    weights: WeightsSource | None = None,
+    head_prefixes: tuple[str, ...] = (),
+    adapt_pretrained: StateAdapter | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register ``builder(num_classes, **settings_it_needs) -> nn.Module`` under ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        parameters = list(inspect.signature(builder).parameters)
+        _REGISTRY[name] = ModelSpec(name, task_family, builder, layer_groups, weights, head_prefixes,
+                                    adapt_pretrained, tuple(parameters[1:]))
+        return builder
+
+    return decorate
+
+
+def list_models(task: Task | str | None = None) -> list[str]:
+    """Registered model names, for one task or all."""
+    if task is None:
+        return sorted(_REGISTRY)
+    task = Task(task)
+    return sorted(name for name, spec in _REGISTRY.items() if task in spec.tasks)
+
+
+def is_model(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SettingsError([f"model_name: {name!r} has no builder; available: {', '.join(list_models())}"]) from None
+
+
+def build_model(
+    spec: ModelSpec,
+    num_classes: int,
+    settings: Mapping[str, Any],
+    *,
+    pretrained: bool,
+    pretrained_weights: str | None,
+    layers_to_freeze: int | None,
+) -> nn.Module:
+    """Build, load pretrained weights, then freeze: the order a run uses.
+
+    ``settings`` supplies the builder's keyword arguments by name (a resolved ``Settings`` dump).
+    """
+    if num_classes < 1:
+        raise SettingsError([f"num_classes: got {num_classes}; a model needs at least one class"])
+    model = spec.builder(num_classes, **{key: settings[key] for key in spec.builder_args if key in settings})
+    if pretrained:
+        load_pretrained(model, spec.name, spec.weights, pretrained_weights,
+                        skip_prefixes=spec.head_prefixes, adapt=spec.adapt_pretrained)
+    if layers_to_freeze:
+        freeze_layer_groups(model, spec.name, spec.layer_groups, layers_to_freeze)
+    return model
