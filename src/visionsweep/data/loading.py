@@ -1,0 +1,43 @@
+"""The training and validation records of a run, read, checked and split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionsweep.data.jsonl import read_labeled_data
+from visionsweep.data.records import ImageRecord
+from visionsweep.data.report import DataReport
+from visionsweep.data.split import split_train_validation
+from visionsweep.errors import DataError
+from visionsweep.tasks import Task
+
+
+@dataclass
+class TrainingData:
+    train: list[ImageRecord]
+    validation: list[ImageRecord]
+    classes: list[str]  # the sorted union of training and validation classes: index i is class i
+    reports: list[DataReport]
+    split_from_training: bool  # True when validation was held out of the training data
+
+
+def load_training_data(task: Task, data: str | Path, validation_data: str | Path | None, *,
+                       validation_size: float, seed: int, ignore_data_errors: bool) -> TrainingData:
+    """Read the training data and either read the validation data or hold out ``validation_size``
+    of the training images (stratified, seeded)."""
+    train = read_labeled_data(data, task, ignore_data_errors=ignore_data_errors)
+    reports = [train.report]
+    if validation_data is not None:
+        validation = read_labeled_data(validation_data, task, ignore_data_errors=ignore_data_errors)
+        reports.append(validation.report)
+        train_records, val_records = train.records, validation.records
+    else:
+        train_records, val_records = split_train_validation(train.records, validation_size, seed)
+    if not val_records:
+        raise DataError(f"no validation image: {len(train_records)} training images are too few to hold out "
+                        f"validation_size={validation_size} of each class; pass validation data or add images")
+    classes = sorted({name for r in train_records + val_records for name in r.class_names()})
+    if task is Task.CLASSIFICATION and len(classes) < 2:
+        raise DataError(f"the data has a single class ({', '.join(classes)}); multi-class classification needs "
+                        "at least two")
+    return TrainingData(train_records, val_records, classes, reports, validation_data is None)

@@ -1,0 +1,1 @@
+"""Metrics: classification, and detection/segmentation (VOC and COCO)."""

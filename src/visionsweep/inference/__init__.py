@@ -1,0 +1,1 @@
+"""Prediction: trained model folders, predictors, output formats."""

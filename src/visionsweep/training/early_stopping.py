@@ -1,0 +1,39 @@
+"""Early stopping on the primary metric, with the reference's patience and delay semantics."""
+from __future__ import annotations
+
+import math
+
+
+class EarlyStopping:
+    """Tracks the best epoch and decides when training stops.
+
+    On every evaluated epoch ``e`` with score ``s``: if ``e >= delay`` the no-progress counter grows
+    by one; a score strictly better than the best resets it to 0; a score at least as good as the
+    best makes this epoch the best (so ties move the best to the later epoch). Training stops once
+    the counter reaches ``patience``: ``delay`` counts epochs (by index), ``patience`` evaluations.
+    A NaN score is never best. Unlike the reference, the best starts at minus infinity, so a first
+    evaluation scoring 0 still becomes the best epoch.
+    """
+
+    def __init__(self, *, patience: int, delay: int, enabled: bool = True):
+        self.patience = patience
+        self.delay = delay
+        self.enabled = enabled
+        self.best_score = -math.inf
+        self.best_epoch: int | None = None
+        self.counter = 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record the score of evaluated ``epoch``; return whether it is the new best."""
+        if epoch >= self.delay:
+            self.counter += 1
+        if score > self.best_score:
+            self.counter = 0
+        if score >= self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.enabled and self.counter >= self.patience

@@ -1,0 +1,177 @@
+"""The training loop shared by every task.
+
+The task-specific part is a ``TaskOps`` object: how one batch turns into a loss, and how a
+validation pass turns into metrics. The loop owns everything else: epochs, gradient accumulation,
+clipping, mixed precision on CUDA, the learning-rate schedule, evaluation frequency, early
+stopping, tracking the best epoch, and calling ``on_epoch_end`` (which writes metrics and
+checkpoints, and can stop the run).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from visionsweep.errors import TrainingError
+from visionsweep.models.freezing import train_mode
+from visionsweep.training.early_stopping import EarlyStopping
+from visionsweep.training.schedulers import Schedule
+
+
+class TaskOps(Protocol):
+    """What the loop needs to know about a task."""
+
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int] | None:
+        """The mean loss of one batch and its number of images; None skips a batch with no usable image."""
+
+    def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
+        """Metrics of a full validation pass (the model is already in eval mode, gradients off)."""
+
+    def training_metrics(self) -> dict[str, float]:
+        """Metrics gathered on the training batches of the epoch just finished (may be empty)."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    number_of_epochs: int
+    primary_metric: str
+    grad_accumulation_step: int = 1
+    evaluation_frequency: int = 1
+    early_stopping: bool = True
+    early_stopping_patience: int = 5
+    early_stopping_delay: int = 5
+    grad_clip_type: str = "value"
+    max_loss: float = 100.0  # a batch loss above this means training diverged
+    mixed_precision: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EpochReport:
+    """What one epoch produced; handed to ``on_epoch_end``."""
+
+    epoch: int  # 0-based
+    train_loss: float
+    learning_rate: float
+    duration_s: float
+    evaluated: bool
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics, empty when not evaluated
+    training_metrics: dict[str, float] = field(default_factory=dict)
+    primary_value: float | None = None
+    is_best: bool = False
+    best_epoch: int | None = None
+    best_score: float | None = None
+    stop_early: bool = False
+
+
+@dataclass
+class FitResult:
+    status: str  # "completed", "early_stopped" or "cancelled"
+    epochs_run: int
+    best_epoch: int | None
+    best_score: float | None
+    best_metrics: dict[str, Any]
+
+
+def fit(
+    model: nn.Module,
+    ops: TaskOps,
+    train_loader: Any,
+    val_loader: Any,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    config: LoopConfig,
+    *,
+    device: torch.device,
+    on_epoch_end: Callable[[EpochReport, nn.Module], bool] | None = None,
+) -> FitResult:
+    """Train ``model`` and leave the weights of the best epoch in it.
+
+    ``on_epoch_end(report, model)`` runs after every epoch; returning True cancels the run (it still
+    ends with the best weights loaded). The best epoch's weights are kept in memory so that the
+    model handed back, and everything exported from it, is the best epoch rather than the last.
+    """
+    use_amp = config.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stopper = EarlyStopping(patience=config.early_stopping_patience, delay=config.early_stopping_delay,
+                            enabled=config.early_stopping)
+    accumulation = max(1, min(config.grad_accumulation_step, len(train_loader)))
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, Any] = {}
+    status = "completed"
+    epoch = -1
+    for epoch in range(config.number_of_epochs):
+        started = time.perf_counter()
+        train_loss = _train_epoch(model, ops, train_loader, optimizer, schedule, scaler, accumulation, config,
+                                  epoch, use_amp)
+        report = EpochReport(epoch=epoch, train_loss=train_loss, learning_rate=schedule.learning_rate,
+                             duration_s=0.0, evaluated=False, training_metrics=ops.training_metrics())
+        schedule.after_epoch()
+        last = epoch == config.number_of_epochs - 1
+        if epoch % config.evaluation_frequency == 0 or last:
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
+                report.metrics = ops.evaluate(model, val_loader)
+            report.evaluated = True
+            report.primary_value = float(report.metrics[config.primary_metric])
+            report.is_best = stopper.update(epoch, report.primary_value)
+            if report.is_best:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_metrics = report.metrics
+        report.best_epoch = stopper.best_epoch
+        report.best_score = stopper.best_score if stopper.best_epoch is not None else None
+        report.stop_early = stopper.should_stop
+        report.duration_s = time.perf_counter() - started
+        cancelled = bool(on_epoch_end(report, model)) if on_epoch_end else False
+        if cancelled:
+            status = "cancelled"
+            break
+        if report.stop_early:
+            status = "early_stopped"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(status=status, epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
+                     best_score=stopper.best_score if stopper.best_epoch is not None else None,
+                     best_metrics=best_metrics)
+
+
+def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, config, epoch, use_amp) -> float:
+    train_mode(model)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    total_loss, total_images = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.number_of_epochs}", leave=False,
+               disable=not config.progress, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    last = len(loader) - 1
+    for index, batch in enumerate(bar):
+        with torch.autocast("cuda", enabled=use_amp):
+            step = ops.train_step(model, batch)
+        if step is not None:
+            loss, images = step
+            value = loss.item()
+            if not math.isfinite(value) or value > config.max_loss:
+                raise TrainingError(
+                    f"the training loss is exploding ({value:.4g} at epoch {epoch}, batch {index}); "
+                    "reduce learning_rate (for example to a tenth of its value)")
+            scaler.scale(loss / accumulation).backward()
+            total_loss += value * images
+            total_images += images
+            bar.set_postfix(loss=f"{total_loss / total_images:.4f}", lr=f"{schedule.learning_rate:.2e}")
+        if (index + 1) % accumulation == 0 or index == last:
+            scaler.unscale_(optimizer)
+            if config.grad_clip_type == "norm":
+                torch.nn.utils.clip_grad_norm_(parameters, max_norm=1.0)
+            else:
+                torch.nn.utils.clip_grad_value_(parameters, clip_value=5.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.after_optimizer_step()
+    bar.close()
+    return total_loss / total_images if total_images else float("nan")

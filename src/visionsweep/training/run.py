@@ -1,0 +1,269 @@
+"""One training run, from settings and data to a run folder with the best model.
+
+Run folder layout (docs/outputs.md)::
+
+    RUN_DIR/settings.json        resolved settings (seed included) and notes on ignored keys
+    RUN_DIR/data_report.json     kept and skipped records of every data source, with reasons
+    RUN_DIR/train.jsonl          the training records used (and validation.jsonl)
+    RUN_DIR/metrics.jsonl        one line per epoch
+    RUN_DIR/train.log
+    RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
+    RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from visionsweep.data import report as reasons
+from visionsweep.data.jsonl import write_jsonl
+from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.report import DataReport
+from visionsweep.errors import DataError
+from visionsweep.evaluation.classification import scalar_metrics
+from visionsweep.models import build_model, get_model_spec
+from visionsweep.settings import Settings, resolve_settings
+from visionsweep.tasks import Task, parse_task
+from visionsweep.training.checkpoint import (
+    BEST_MODEL_FILE,
+    incremental_checkpoint_path,
+    load_for_incremental_training,
+    save_checkpoint,
+)
+from visionsweep.training.classification import classification_pipeline
+from visionsweep.training.environment import seed_everything, select_device
+from visionsweep.training.loop import EpochReport, LoopConfig, fit
+from visionsweep.training.optim import build_optimizer
+from visionsweep.training.schedulers import Schedule
+from visionsweep.utils import json_ready, write_json
+
+log = logging.getLogger("visionsweep")
+
+EpochCallback = Callable[[EpochReport], bool | None]
+
+# task -> function(settings, train_records, val_records, classes, device, on_failures)
+#         returning (train_loader, val_loader, TaskOps)
+_PIPELINES: dict[Task, Callable[..., tuple[Any, Any, Any]]] = {
+    Task.CLASSIFICATION: classification_pipeline,
+    Task.MULTILABEL: classification_pipeline,
+}
+
+
+def register_pipeline(task: Task, pipeline: Callable[..., tuple[Any, Any, Any]]) -> None:
+    """Install the data-and-loss pipeline of a task (detection and segmentation register theirs)."""
+    _PIPELINES[task] = pipeline
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    status: str  # "completed", "early_stopped" or "cancelled"
+    primary_metric: str
+    best_score: float | None
+    best_epoch: int | None
+    epochs_run: int
+    settings: Settings
+
+
+def train(
+    task: Task | str,
+    data: str | Path,
+    validation_data: str | Path | None = None,
+    *,
+    settings: Settings | Mapping[str, Any] | None = None,
+    output: str | Path | None = None,
+    epoch_callback: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one model and write its run folder.
+
+    ``data`` and ``validation_data`` are JSONL files or MLTable folders; without validation data,
+    ``validation_size`` of the training images are held out. ``settings`` are hyperparameters by
+    name. ``epoch_callback(report)`` runs after each epoch; returning True cancels the run, which
+    then still ends with its best model folder written.
+    """
+    task = parse_task(task)
+    if not isinstance(settings, Settings):
+        settings = resolve_settings(task, settings)
+    if task not in _PIPELINES:
+        raise NotImplementedError(f"training for {task} is not implemented yet")
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    settings = settings.model_copy(update={"seed": seed})  # notes travel with the copy
+    run_dir = Path(output) if output is not None else _default_run_dir(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_log(run_dir / "train.log"):
+        for note in settings.notes:
+            log.warning("setting note: %s", note)
+        write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
+        seed_everything(seed, settings.deterministic)
+        device = select_device(settings.device)
+        data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
+                                   ignore_data_errors=settings.ignore_data_errors)
+        for report in data_.reports:
+            log.info("%s", report.summary())
+        write_jsonl(data_.train, run_dir / "train.jsonl", task)
+        write_jsonl(data_.validation, run_dir / "validation.jsonl", task)
+        runtime = _RuntimeFailures(data_, settings.ignore_data_errors)
+        try:
+            return _train(task, settings, data_, run_dir, device, runtime, epoch_callback, progress)
+        finally:
+            _write_data_report(run_dir, data_, runtime)
+
+
+def _train(task: Task, settings: Settings, data: TrainingData, run_dir: Path, device: torch.device,
+           runtime: "_RuntimeFailures", epoch_callback: EpochCallback | None, progress: bool) -> TrainResult:
+    spec = get_model_spec(settings.model_name)
+    model = build_model(spec, len(data.classes), settings.model_dump(), pretrained=settings.pretrained,
+                        pretrained_weights=settings.pretrained_weights, layers_to_freeze=settings.layers_to_freeze)
+    checkpoint = incremental_checkpoint_path(settings.checkpoint_run_id, settings.checkpoint_filename)
+    if checkpoint is not None:
+        loaded = load_for_incremental_training(model, settings.model_name, checkpoint)
+        log.info("incremental training: %d tensors loaded from %s", len(loaded), checkpoint)
+    model.to(device)
+    train_loader, val_loader, ops = _PIPELINES[task](settings, data.train, data.validation, data.classes, device,
+                                                     runtime.record)
+    optimizer = build_optimizer(model, settings.optimizer, learning_rate=settings.learning_rate,
+                                weight_decay=settings.weight_decay, momentum=settings.momentum,
+                                nesterov=settings.nesterov, beta1=settings.beta1, beta2=settings.beta2,
+                                amsgrad=settings.amsgrad)
+    steps_per_epoch = math.ceil(len(train_loader) / max(1, min(settings.grad_accumulation_step, len(train_loader))))
+    schedule = Schedule(optimizer, settings.lr_scheduler, steps_per_epoch=steps_per_epoch,
+                        epochs=settings.number_of_epochs, warmup_epochs=settings.warmup_cosine_lr_warmup_epochs,
+                        cycles=settings.warmup_cosine_lr_cycles, step_size=settings.step_lr_step_size,
+                        gamma=settings.step_lr_gamma)
+    config = LoopConfig(
+        number_of_epochs=settings.number_of_epochs, primary_metric=settings.primary_metric,
+        grad_accumulation_step=settings.grad_accumulation_step, evaluation_frequency=settings.evaluation_frequency,
+        early_stopping=settings.early_stopping, early_stopping_patience=settings.early_stopping_patience,
+        early_stopping_delay=settings.early_stopping_delay, grad_clip_type=settings.grad_clip_type,
+        mixed_precision=settings.mixed_precision, progress=progress)
+    recorder = _EpochRecorder(run_dir, task, settings, data.classes, optimizer, schedule, epoch_callback)
+    log.info("training %s on %s: %d training and %d validation images, %d classes", settings.model_name, device,
+             len(data.train), len(data.validation), len(data.classes))
+    result = fit(model, ops, train_loader, val_loader, optimizer, schedule, config, device=device,
+                 on_epoch_end=recorder)
+    model_dir = run_dir / "model"
+    if result.best_epoch is None:  # every evaluation was NaN: keep the final weights, say so
+        log.warning("no epoch produced a usable %s; the model folder holds the final weights", settings.primary_metric)
+        recorder.save_best(model, result.epochs_run - 1, None, {})
+    write_json(model_dir / "labels.json", data.classes)
+    write_json(model_dir / "settings.json", settings.to_dict())
+    write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "metrics": result.best_metrics})
+    log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
+             settings.primary_metric, _format(result.best_score), result.best_epoch)
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
+                       primary_metric=settings.primary_metric, best_score=result.best_score,
+                       best_epoch=result.best_epoch, epochs_run=result.epochs_run, settings=settings)
+
+
+class _EpochRecorder:
+    """After each epoch: a metrics.jsonl line, the best checkpoint, periodic checkpoints, the user callback."""
+
+    def __init__(self, run_dir: Path, task: Task, settings: Settings, classes: list[str],
+                 optimizer: torch.optim.Optimizer, schedule: Schedule, callback: EpochCallback | None):
+        self.run_dir, self.task, self.settings, self.classes = run_dir, task, settings, classes
+        self.optimizer, self.schedule, self.callback = optimizer, schedule, callback
+        self.metrics_file = run_dir / "metrics.jsonl"
+        self.metrics_file.write_text("")
+
+    def __call__(self, report: EpochReport, model: nn.Module) -> bool:
+        line = {
+            "epoch": report.epoch, "train_loss": report.train_loss, "learning_rate": report.learning_rate,
+            "duration_s": round(report.duration_s, 3), "evaluated": report.evaluated,
+            "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
+            "is_best": report.is_best, "best_epoch": report.best_epoch, "best_score": report.best_score,
+            **report.training_metrics, "validation": scalar_metrics(report.metrics),
+        }
+        with self.metrics_file.open("a") as out:
+            out.write(json.dumps(json_ready(line)) + "\n")
+        if report.is_best:
+            self.save_best(model, report.epoch, report.primary_value, scalar_metrics(report.metrics))
+        frequency = self.settings.checkpoint_frequency
+        if frequency and report.epoch % frequency == 0:
+            self._save(self.run_dir / "checkpoints" / f"epoch_{report.epoch}.pt", model, report.epoch,
+                       report.primary_value, scalar_metrics(report.metrics), with_optimizer=True)
+        log.info("epoch %d/%d: train loss %s, %s %s (best %s at epoch %s), %.1f s", report.epoch + 1,
+                 self.settings.number_of_epochs, _format(report.train_loss), self.settings.primary_metric,
+                 _format(report.primary_value), _format(report.best_score), report.best_epoch, report.duration_s)
+        return bool(self.callback(report)) if self.callback else False
+
+    def save_best(self, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any]) -> None:
+        self._save(self.run_dir / "model" / BEST_MODEL_FILE, model, epoch, score, metrics, with_optimizer=False)
+
+    def _save(self, path: Path, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any], *,
+              with_optimizer: bool) -> None:
+        save_checkpoint(path, model=model, task=self.task.value, model_name=self.settings.model_name,
+                        labels=self.classes, settings=self.settings.to_dict(), epoch=epoch, score=score,
+                        metrics=json_ready(metrics), optimizer=self.optimizer if with_optimizer else None,
+                        schedule=self.schedule if with_optimizer else None)
+
+
+class _RuntimeFailures:
+    """Images that passed the up-front check but failed to decode during training or validation."""
+
+    def __init__(self, data: TrainingData, ignore_data_errors: bool):
+        self.records = {"training": data.train, "validation": data.validation}
+        self.ignore = ignore_data_errors
+        self.report = DataReport(source="images that failed to decode during the run")
+        self._seen: set[tuple[str, int]] = set()
+
+    def record(self, failures: list[tuple[int, str]], stage: str) -> None:
+        for index, error in failures:
+            if (stage, index) in self._seen:
+                continue
+            self._seen.add((stage, index))
+            record = self.records[stage][index]
+            self.report.skip(record.location, reasons.UNREADABLE_IMAGE, f"{record.image_path}: {error}",
+                             record.image_url)
+            log.warning("%s image could not be read and is left out: %s (%s)", stage, record.image_path, error)
+            if not self.ignore:
+                raise DataError(f"{stage} image {record.image_path} ({record.location}) could not be read: {error}. "
+                                "Fix or remove it, or set ignore_data_errors=true to skip it.")
+
+
+def _write_data_report(run_dir: Path, data: TrainingData, runtime: _RuntimeFailures) -> None:
+    write_json(run_dir / "data_report.json", {
+        "sources": [r.to_dict() for r in data.reports],
+        "validation_split_from_training": data.split_from_training,
+        "training_images": len(data.train),
+        "validation_images": len(data.validation),
+        "classes": data.classes,
+        "failed_during_run": [str(p) for p in runtime.report.skipped],
+    })
+
+
+def _default_run_dir(settings: Settings) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{settings.task.value}-{settings.model_name}-{stamp}"
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    except Exception:
+        log.exception("run failed")
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
