@@ -1,0 +1,55 @@
+"""Exponential moving average of a model's weights, with the YOLOv5 warm-up of the decay."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """Keep ``module``, an eval-mode copy of ``model`` whose floating-point state (parameters and
+    BatchNorm statistics) follows the trained model as an exponential moving average.
+
+    After the u-th ``update`` the copy is ``d * ema + (1 - d) * model`` with
+    ``d = decay * (1 - exp(-u / ramp))``: early updates mostly copy the model, later ones average
+    over roughly ``1 / (1 - decay)`` steps. Integer buffers (BatchNorm's batch counters) are left as
+    they are. ``updates`` is the count to store in a checkpoint and pass back when resuming.
+    """
+
+    def __init__(self, model: nn.Module, *, decay: float = 0.9999, ramp: float = 2000.0, updates: int = 0):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1); got {decay}")
+        if ramp <= 0:
+            raise ValueError(f"ramp must be positive; got {ramp}")
+        self.module = copy.deepcopy(_unwrap(model)).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+        self.decay = decay
+        self.ramp = ramp
+        self.updates = updates
+
+    def current_decay(self) -> float:
+        """The decay the next ``update`` will use."""
+        return self.decay * (1.0 - math.exp(-(self.updates + 1) / self.ramp))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend ``model``'s current state into the average; call after every optimizer step."""
+        d = self.current_decay()
+        self.updates += 1
+        source = _unwrap(model).state_dict()
+        averaged, latest = [], []
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                averaged.append(value)
+                latest.append(source[name].detach().to(value.dtype))
+        if averaged:
+            # ema + (1 - d) * (model - ema) == d * ema + (1 - d) * model, for all tensors in one call.
+            torch._foreach_lerp_(averaged, latest, 1.0 - d)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper, or the model itself."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
