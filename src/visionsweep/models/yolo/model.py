@@ -149,8 +149,9 @@ class YoloV5(nn.Module):
         layers.append(detect)
         self.model = nn.Sequential(*layers)
         self.save = sorted({j for layer in layers for j in _sources(layer.f) if j != -1})
-        self._set_strides(in_channels)
-        _init_detect_biases(detect)
+        strides = self._measure_strides(in_channels)
+        _set_anchor_units(detect, strides)
+        _init_detect_biases(detect, strides)
 
     @property
     def detect(self) -> Detect:
@@ -165,22 +166,15 @@ class YoloV5(nn.Module):
             outputs.append(x if layer.i in self.save else None)
         return x
 
-    def _set_strides(self, in_channels: int) -> None:
-        """Measure each level's stride with a 128x128 forward (BatchNorm statistics untouched) and store
-        the anchors in grid units, in the same (ascending) order as the strides."""
-        detect = self.detect
+    def _measure_strides(self, in_channels: int) -> list[float]:
+        """Each output level's stride, from the map sizes of a 128x128 forward (BatchNorm statistics
+        untouched; on the meta device only shapes are computed, so counting parameters stays cheap)."""
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            _, raw = self(torch.zeros(1, in_channels, 128, 128))
+            _, raw = self(torch.zeros(1, in_channels, 128, 128, device=self.detect.anchors.device))
         self.train(was_training)
-        stride = torch.tensor([128.0 / r.shape[2] for r in raw])
-        detect.stride.copy_(stride)
-        area = detect.anchor_grid.prod(-1).view(detect.nl, -1).mean(-1)
-        if (area[-1] - area[0]).sign() != (stride[-1] - stride[0]).sign():
-            detect.anchors.copy_(detect.anchors.flip(0))
-            detect.anchor_grid.copy_(detect.anchor_grid.flip(0))
-        detect.anchors.div_(stride.view(-1, 1, 1))
+        return [128.0 / r.shape[2] for r in raw]
 
 
 def _scaled_layers(in_channels: int, depth: float, width: float) -> tuple[list[nn.Module], list[int]]:
@@ -211,13 +205,26 @@ def _scaled_layers(in_channels: int, depth: float, width: float) -> tuple[list[n
     return layers, channels
 
 
-def _init_detect_biases(detect: Detect) -> None:
+def _set_anchor_units(detect: Detect, strides: list[float]) -> None:
+    """Store the strides, put the anchors in the same (ascending) order as the strides, and keep
+    ``anchors`` in grid units of their level (``anchor_grid`` stays in pixels)."""
+    areas = [sum(w * h for w, h in level) for level in ANCHORS]
+    with torch.no_grad():
+        if (areas[-1] > areas[0]) != (strides[-1] > strides[0]):
+            detect.anchors.copy_(detect.anchors.flip(0))
+            detect.anchor_grid.copy_(detect.anchor_grid.flip(0))
+        stride = torch.tensor(strides, device=detect.stride.device)
+        detect.stride.copy_(stride)
+        detect.anchors.div_(stride.view(-1, 1, 1))
+
+
+def _init_detect_biases(detect: Detect, strides: list[float]) -> None:
     """Start objectness at about 8 objects per 640x640 image and class probabilities at 0.6/(nc - 0.99).
 
     Applied once (the reference applies it twice for class counts other than 80, a slip we do not copy).
     """
     with torch.no_grad():
-        for conv, stride in zip(detect.m, detect.stride.tolist()):
+        for conv, stride in zip(detect.m, strides):
             bias = conv.bias.view(detect.na, -1)
             bias[:, 4] += math.log(8.0 / (640.0 / stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (detect.nc - 0.99))
