@@ -69,7 +69,10 @@ class ClassificationDataset(Dataset):
         return len(self.records)
 
     def target(self, index: int) -> torch.Tensor:
+        """Class index (multi-class; -1 for an unlabelled image) or multi-hot vector (multi-label)."""
         labels = self.records[index].labels
+        if not labels and not self.multilabel:
+            return torch.tensor(-1)
         if self.multilabel:
             target = torch.zeros(len(self.class_index))
             target[[self.class_index[name] for name in labels]] = 1.0

@@ -24,9 +24,10 @@ def probe_image(path: Path) -> tuple[int, int] | str:
     """
     try:
         with Image.open(path) as image:
+            image.verify()  # must come straight after open; the file is opened again to read the size
+        with Image.open(path) as image:
             size = image.size
             orientation = image.getexif().get(0x0112, 1)
-            image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         return f"cannot be decoded as an image ({type(error).__name__}: {error})"
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees

@@ -17,7 +17,7 @@ import yaml
 
 from visionsweep.data import report as reasons
 from visionsweep.data.images import probe_image
-from visionsweep.data.labels import BadLabel, label_parser
+from visionsweep.data.labels import BadLabel, LabelParser, label_parser
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
@@ -41,8 +41,8 @@ def read_labeled_data(
     report = DataReport(source=str(source))
     candidates: list[ImageRecord] = []
     for jsonl_path in _jsonl_files(source):
-        candidates.extend(_parse_lines(jsonl_path, task, label_column, report))
-    records = _check_images(candidates, report)
+        candidates.extend(parse_jsonl(jsonl_path, report, label_parser(task), label_column))
+    records = check_images(candidates, report)
     report.kept = len(records)
     for record in records:
         for name in record.class_names():
@@ -124,15 +124,17 @@ def read_mltable(folder: Path) -> list[Path]:
         target = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(target, str):
             raise DataError(f"{mltable}: each entry of 'paths' must be '- file: PATH', got {entry!r}")
-        path = _local_path(target, folder)
+        path = resolve_image_url(target, folder)
         if path is None or not path.is_file():
             raise DataError(f"{mltable}: file {target!r} does not exist (paths are relative to {folder})")
         files.append(path)
     return files
 
 
-def _parse_lines(path: Path, task: Task, label_column: str, report: DataReport) -> list[ImageRecord]:
-    parse_label = label_parser(task)
+def parse_jsonl(path: Path, report: DataReport, parse_label: LabelParser | None,
+                label_column: str = "label") -> list[ImageRecord]:
+    """Records of one JSONL file, images not yet checked. Without ``parse_label`` labels are ignored
+    (prediction inputs need only ``image_url``). Bad lines are skipped into ``report``."""
     records = []
     with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, start=1):
@@ -152,11 +154,14 @@ def _parse_lines(path: Path, task: Task, label_column: str, report: DataReport) 
             if not isinstance(url, str) or not url.strip():
                 report.skip(location, reasons.MISSING_IMAGE_URL, "no image_url string in this line")
                 continue
-            image_path = _local_path(url, path.parent)
+            image_path = resolve_image_url(url, path.parent)
             if image_path is None:
                 report.skip(location, reasons.UNSUPPORTED_URL,
                             "only local paths and file:// URLs can be read; download the images and point "
                             "image_url at them (relative paths resolve against the JSONL file's folder)", url)
+                continue
+            if parse_label is None:
+                records.append(ImageRecord(image_path=image_path, image_url=url, location=location))
                 continue
             if label_column not in item:
                 report.skip(location, reasons.BAD_LABEL, f"no {label_column!r} key in this line", url)
@@ -173,7 +178,7 @@ def _parse_lines(path: Path, task: Task, label_column: str, report: DataReport) 
     return records
 
 
-def _local_path(url: str, base: Path) -> Path | None:
+def resolve_image_url(url: str, base: Path) -> Path | None:
     """Resolve ``url`` to a local path: absolute, relative to ``base``, or file://. None for remote URLs."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -184,8 +189,9 @@ def _local_path(url: str, base: Path) -> Path | None:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def _check_images(records: list[ImageRecord], report: DataReport) -> list[ImageRecord]:
-    """Keep records whose image exists, can be decoded and appears for the first time."""
+def check_images(records: list[ImageRecord], report: DataReport) -> list[ImageRecord]:
+    """Keep records whose image exists, can be decoded and appears for the first time; report the
+    others in ``report``. Kept records get the image's width and height."""
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O bound
         probes = list(pool.map(_probe, (r.image_path for r in records)))
     kept = []

@@ -146,7 +146,7 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
     parameters = [p for p in model.parameters() if p.requires_grad]
     total_loss, total_images = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.number_of_epochs}", leave=False,
-               disable=not config.progress, dynamic_ncols=True)
+               disable=None if config.progress else True, dynamic_ncols=True)  # None: off when not a terminal
     optimizer.zero_grad(set_to_none=True)
     last = len(loader) - 1
     for index, batch in enumerate(bar):

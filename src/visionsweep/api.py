@@ -1,0 +1,101 @@
+"""The Python API; the ``visionsweep`` command is a thin layer over these functions."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+from visionsweep.data import convert as _convert
+from visionsweep.data.importers import ImportResult
+from visionsweep.data.jsonl import read_labeled_data
+from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.report import DataReport
+from visionsweep.errors import SettingsError
+from visionsweep.inference import classification as classification_inference
+from visionsweep.inference.inputs import collect_inputs
+from visionsweep.inference.model_folder import load_trained_model
+from visionsweep.settings import resolve_settings
+from visionsweep.tasks import Task, parse_task
+from visionsweep.utils import json_ready
+
+# task -> module with predict_lines(trained, records, report), evaluate_model(trained, records, report)
+#         and score_prediction_file(predictions, records, task, report)
+_INFERENCE: dict[Task, ModuleType] = {
+    Task.CLASSIFICATION: classification_inference,
+    Task.MULTILABEL: classification_inference,
+}
+
+
+def register_inference(task: Task, module: ModuleType) -> None:
+    """Install the prediction and scoring functions of a task (detection and segmentation add theirs)."""
+    _INFERENCE[task] = module
+
+
+@dataclass
+class PredictionResult:
+    output: Path
+    images: int
+    report: DataReport
+
+
+def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "predictions.jsonl",
+            settings: Mapping[str, Any] | None = None) -> PredictionResult:
+    """Predict on an image, a folder of images, a JSONL file or an MLTable folder; write JSON Lines.
+
+    ``model`` is a run folder, a model folder or a checkpoint. ``settings`` override inference
+    settings of the training run (e.g. ``valid_resize_size``, ``box_score_thresh``).
+    """
+    trained = load_trained_model(model, overrides=settings)
+    records, report = collect_inputs(inputs)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with output.open("w", encoding="utf-8") as out:
+        for line in _inference(trained.task).predict_lines(trained, records, report):
+            out.write(json.dumps(json_ready(line)) + "\n")
+            count += 1
+    return PredictionResult(output=output, images=count, report=report)
+
+
+def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | str | None = None,
+             predictions: str | Path | None = None, settings: Mapping[str, Any] | None = None,
+             ) -> tuple[dict[str, Any], DataReport]:
+    """Metrics on labelled ``data``: of a trained ``model``, or of a ``predictions`` file with no model.
+
+    Returns the metrics and the report of the records that could not be scored (and why).
+    """
+    if (model is None) == (predictions is None):
+        raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
+    if model is not None:
+        trained = load_trained_model(model, overrides=settings)
+        labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors)
+        metrics = _inference(trained.task).evaluate_model(trained, labelled.records, labelled.report)
+        return metrics, labelled.report
+    if task is None:
+        raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
+    task = parse_task(task)
+    labelled = read_labeled_data(data, task)
+    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report)
+    return metrics, labelled.report
+
+
+def validate_data(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,
+                  settings: Mapping[str, Any] | None = None) -> TrainingData:
+    """Read and check the data as ``train`` would, without training: the data reports and the split."""
+    resolved = resolve_settings(task, settings)
+    return load_training_data(resolved.task, data, validation_data, validation_size=resolved.validation_size,
+                              seed=resolved.seed if resolved.seed is not None else 0,
+                              ignore_data_errors=resolved.ignore_data_errors)
+
+
+def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:
+    """Import annotations from another layout (``folder``, ``csv``, ...) into Azure JSONL."""
+    return _convert(source_format, source, output, **options)
+
+
+def _inference(task: Task) -> ModuleType:
+    if task not in _INFERENCE:
+        raise NotImplementedError(f"prediction for {task} is not implemented yet")
+    return _INFERENCE[task]
