@@ -80,7 +80,7 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as error:
-        problems.extend(_describe(error))
+        problems.extend(_describe(error, merged))
     else:
         problems.extend(combination_problems(settings))
     if problems:
@@ -176,10 +176,12 @@ def _unknown_key(key: str) -> str:
     return f"{key}: unknown setting{hint}"
 
 
-def _describe(error: ValidationError) -> list[str]:
+def _describe(error: ValidationError, given: Mapping[str, Any]) -> list[str]:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "settings"
+        key, *inner = [str(part) for part in item["loc"]] or ["settings"]
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: got {item['input']!r}; {message}")
+        if inner:  # an element of a tuple such as tile_grid_size: show the whole value given
+            message = f"item {'.'.join(inner)}: {message}"
+        lines.append(f"{key}: got {given.get(key, item['input'])!r}; {message}")
     return lines
