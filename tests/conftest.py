@@ -5,6 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests run tiny tensors: one intra-op thread avoids OpenMP spin-waiting, which makes a busy 2-core
+# machine up to ten times slower, and costs little on an idle one.
+torch.set_num_threads(1)
 
 # CI and development checkouts sit beside ../shared/datasets; VISIONSWEEP_DATASETS overrides.
 DATASETS = Path(os.environ.get("VISIONSWEEP_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -16,3 +21,37 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"shared datasets folder {DATASETS} is absent (set VISIONSWEEP_DATASETS to its path)")
     return DATASETS
+
+
+def write_color_dataset(folder: Path, per_class: int = 6, size: int = 24, multilabel: bool = False) -> Path:
+    """A learnable toy set: reddish images are 'red', bluish ones 'blue' (multi-label: a green
+    stripe adds 'striped'). Returns the JSONL file."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for name, channel in (("red", 0), ("blue", 2)):
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            labels = [name]
+            if multilabel and i % 2:
+                pixels[size // 3: size // 2, :, 1] = 255
+                labels.append("striped")
+            path = folder / "images" / f"{name}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            lines.append({"image_url": f"images/{path.name}", "label": labels if multilabel else name})
+    jsonl = folder / "data.jsonl"
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return jsonl
+
+
+TINY_SETTINGS = {
+    "model_name": "resnet18", "pretrained": False, "number_of_epochs": 2, "training_batch_size": 4,
+    "validation_batch_size": 4, "valid_resize_size": 32, "valid_crop_size": 32, "train_crop_size": 32,
+    "num_workers": 0, "seed": 0,
+}
