@@ -412,6 +412,23 @@ def test_coco_segm_equals_pycocotools():
     assert expected[1] > 0.5  # AP50 is meaningful here, not a degenerate 0 or -1
 
 
+def test_faster_coco_eval_backend_gives_the_same_numbers():
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is an optional COCO backend")
+    rng = np.random.default_rng(4)
+    predictions, truths = _random_images(rng, 40, size=400)
+    numbers = {}
+    for backend in ("pycocotools", "faster-coco-eval"):
+        evaluator = CocoEvaluator(["a", "b", "c"], backend=backend)
+        evaluator.add(predictions, truths, image_sizes=[(400, 400)] * 40, original_sizes=[(300, 200)] * 40)
+        numbers[backend] = list(evaluator.compute().values())
+    assert numbers["faster-coco-eval"] == pytest.approx(numbers["pycocotools"], abs=1e-12)
+
+
+def test_an_unknown_coco_backend_is_named():
+    with pytest.raises(ValueError, match="unknown COCO backend 'detectron'; choose one of pycocotools, faster-coco-eval"):
+        CocoEvaluator(CLASSES, backend="detectron")
+
+
 # --- the front door -----------------------------------------------------------------------------------
 
 

@@ -99,8 +99,8 @@ def box_iou_block(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray], 
     (B, P, G) with ``shape`` = (P, G) >= every (P_i, G_i); padding cells are -1. Boxes of zero area
     give IoU 0. torchvision's box_iou has no crowd rule and no batching, hence this version.
     """
-    p = _pad([b for b in predicted], shape[0], 4)
-    g = _pad([b for b in truth], shape[1], 4)
+    p = _pad(predicted, shape[0], 4)
+    g = _pad(truth, shape[1], 4)
     is_crowd = _pad([c.astype(bool) for c in crowd], shape[1], None, fill=False)
     width = np.minimum(p[:, :, None, 2], g[:, None, :, 2]) - np.maximum(p[:, :, None, 0], g[:, None, :, 0])
     height = np.minimum(p[:, :, None, 3], g[:, None, :, 3]) - np.maximum(p[:, :, None, 1], g[:, None, :, 1])
@@ -297,10 +297,11 @@ class DetectionEvaluation:
     (both computed, VOC primary) or "none" (``enabled`` is false and ``compute`` returns {}; the training
     loop can skip the pass). ``add`` takes the frame sizes of the images and their original sizes, both
     (width, height), so that COCO's small/medium/large ranges use original pixels; VOC ignores them.
+    ``coco_backend`` is "pycocotools" or "faster-coco-eval" (same numbers, faster; see coco.py).
     """
 
     def __init__(self, class_names: Sequence[str], metric_type: MetricType = "voc", *, iou_threshold: float = 0.5,
-                 iou_type: IouType = "bbox"):
+                 iou_type: IouType = "bbox", coco_backend: str = "pycocotools"):
         if metric_type not in METRIC_TYPES:
             raise ValueError(f"validation_metric_type must be one of {', '.join(METRIC_TYPES)}, got {metric_type!r}")
         self.metric_type = metric_type
@@ -308,7 +309,7 @@ class DetectionEvaluation:
             if metric_type in ("voc", "coco_voc") else None
         if metric_type in ("coco", "coco_voc"):
             from visionsweep.evaluation.coco import CocoEvaluator  # coco.py reads inputs with this module's readers
-            self.coco = CocoEvaluator(class_names, iou_type=iou_type)
+            self.coco = CocoEvaluator(class_names, iou_type=iou_type, backend=coco_backend)
         else:
             self.coco = None
 
@@ -356,9 +357,11 @@ def evaluate_detections(
     iou_type: IouType = "bbox",
     image_sizes: Sequence[tuple[int, int]] | None = None,
     original_sizes: Sequence[tuple[int, int]] | None = None,
+    coco_backend: str = "pycocotools",
 ) -> dict[str, Any]:
     """Evaluate all images at once (e.g. a predictions file against labels); see ``DetectionEvaluation``."""
-    evaluation = DetectionEvaluation(class_names, metric_type, iou_threshold=iou_threshold, iou_type=iou_type)
+    evaluation = DetectionEvaluation(class_names, metric_type, iou_threshold=iou_threshold, iou_type=iou_type,
+                                     coco_backend=coco_backend)
     evaluation.add(predictions, ground_truth, image_sizes=image_sizes, original_sizes=original_sizes)
     return evaluation.compute()
 
