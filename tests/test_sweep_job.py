@@ -1,0 +1,359 @@
+"""Job YAML parsing, the three modes, AutoMode's policy and the sweep plan."""
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from visionsweep.errors import SettingsError
+from visionsweep.sweep import attrs  # noqa: F401  (the package imports cleanly)
+from visionsweep.sweep.automode import Hardware, plan_automode
+from visionsweep.sweep.job import DEFAULT_TIMEOUT_MINUTES, load_job, parse_job
+from visionsweep.sweep.plan import SweepPlan, plan_sweep
+from visionsweep.sweep.policies import PolicySpec
+from visionsweep.sweep.sampling import SamplingSpec
+from visionsweep.sweep.space import SUBSPACE_PARAM
+from visionsweep.tasks import Task
+
+CPU = Hardware(gpus=0, gpu_memory_gib=0, cpus=2)
+BIG_GPU = Hardware(gpus=4, gpu_memory_gib=16, cpus=32)
+SMALL_GPU = Hardware(gpus=1, gpu_memory_gib=8, cpus=8)
+
+
+def _write(tmp_path: Path, text: str, name: str = "job.yml") -> Path:
+    """A job file in tmp_path/jobs with the MLTable folders it points at in tmp_path/data."""
+    for folder in ("train-mltable", "valid-mltable"):
+        (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / folder / "MLTable").write_text("paths: []\n")
+    (tmp_path / "jobs").mkdir(exist_ok=True)
+    path = tmp_path / "jobs" / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+CLASSIFICATION_SWEEP = """\
+    $schema: https://azuremlschemasprod.azureedge.net/latest/autoMLImageClassificationJob.schema.json
+    type: automl
+    task: image_classification
+    name: fridge-sweep
+    experiment_name: fridge
+    description: two families
+    tags: {owner: me}
+    compute: azureml:gpu-cluster
+    log_verbosity: debug
+    primary_metric: accuracy
+    target_column_name: label
+    training_data: {type: mltable, path: ../data/train-mltable}
+    validation_data:
+      type: mltable
+      path: ../data/valid-mltable
+      mode: direct
+    limits:
+      timeout_minutes: 60
+    training_parameters:
+      early_stopping: True
+      evaluation_frequency: 1
+      weighted_loss: 1
+    sweep:
+      limits:
+        max_trials: 10
+        max_concurrent_trials: 2
+      sampling_algorithm: random
+      early_termination:
+        type: bandit
+        evaluation_interval: 2
+        slack_factor: 0.2
+        delay_evaluation: 6
+    search_space:
+      - model_name:
+          type: choice
+          values: [vits16r224, vitb16r224]
+        learning_rate:
+          type: uniform
+          min_value: 0.005
+          max_value: 0.02
+        number_of_epochs: "choice(15, 25)"
+        training_crop_size: 224
+      - model_name: "choice('seresnext', 'resnet50')"
+        learning_rate: "loguniform(-6.9, -3.0)"
+        layers_to_freeze: "choice(0, 2)"
+    outputs:
+      best_model: {type: mlflow_model}
+    """
+
+
+def test_azure_classification_sweep_job(tmp_path):
+    job = load_job(_write(tmp_path, CLASSIFICATION_SWEEP))
+    assert job.task is Task.CLASSIFICATION and job.mode == "sweep"
+    assert job.training_data.path == (tmp_path / "data" / "train-mltable").resolve()  # relative to the YAML
+    assert job.validation_data.type == "mltable"
+    # Both limits locations: timeout_minutes at the top, the rest under sweep.limits (older examples).
+    assert (job.limits.max_trials, job.limits.max_concurrent_trials, job.limits.timeout_minutes) == (10, 2, 60)
+    assert job.sampling == SamplingSpec("random")
+    assert job.early_termination == PolicySpec("bandit", 2, 6, slack_factor=0.2)
+    assert len(job.search_space.subspaces) == 2
+    assert job.search_space.subspaces[0].fixed == {"training_crop_size": 224}
+    assert job.base_settings() == {"early_stopping": True, "evaluation_frequency": 1, "weighted_loss": 1,
+                                   "primary_metric": "accuracy"}
+    assert job.study_name() == "fridge-sweep" and job.log_verbosity == "debug" and job.tags == {"owner": "me"}
+    notes = "\n".join(job.notes)
+    assert "compute is ignored" in notes and "outputs is ignored" in notes and "sweep.limits" in notes
+
+
+def test_detection_job_with_string_spellings_and_held_out_validation(tmp_path):
+    job = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_object_detection
+        primary_metric: mean_average_precision
+        target_column_name: label
+        training_data: {type: mltable, path: ../data/train-mltable}
+        validation_data_size: 0.15
+        limits: {timeout_minutes: 600, max_trials: 12, max_concurrent_trials: 3}
+        training_parameters:
+          validation_metric_type: coco_voc
+          advanced_settings: '{"stream_image_files": true}'
+        sweep:
+          sampling_algorithm: random
+          early_termination: {type: median_stopping, evaluation_interval: 1, delay_evaluation: 5}
+        search_space:
+          - model_name: yolov5
+            model_size: "choice('small', 'medium')"
+            learning_rate: "uniform(0.0005, 0.01)"
+            image_size: "choice(640, 960)"
+            tile_grid_size: "choice('2x1', '3x2')"
+          - model_name: fasterrcnn_resnet50_fpn
+            optimizer: "choice('sgd', 'adamw')"
+            min_size: "choice(600, 800)"
+            tile_grid_size: "choice('3x2', '5x3')"
+            box_score_threshold: 0.3
+        """))
+    assert job.mode == "sweep" and job.validation_data is None
+    assert job.base_settings()["validation_size"] == 0.15
+    assert job.early_termination.type == "median_stopping"
+    assert job.search_space.subspaces[1].fixed == {"model_name": "fasterrcnn_resnet50_fpn", "box_score_threshold": 0.3}
+
+
+def test_segmentation_grid_job(tmp_path):
+    job = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_instance_segmentation
+        training_data: {path: ../data/train-mltable}
+        validation_data: {path: ../data/valid-mltable}
+        limits: {max_trials: 8, max_concurrent_trials: 2}
+        training_parameters: {number_of_epochs: 20}
+        sweep:
+          sampling_algorithm: grid
+          early_termination: {type: truncation_selection, truncation_percentage: 25, evaluation_interval: 2,
+                              delay_evaluation: 4}
+        search_space:
+          - model_name: {type: choice, values: [maskrcnn_resnet50_fpn, maskrcnn_resnet101_fpn]}
+            learning_rate: {type: choice, values: [0.002, 0.005]}
+            optimizer: {type: choice, values: [sgd, adamw]}
+        """))
+    assert job.primary_metric == "mean_average_precision"  # the task's only metric by default
+    plan = plan_sweep(job)
+    assert plan.budget == 8 and len(plan.points) == 8
+
+
+def test_single_model_and_automode_jobs(tmp_path):
+    single = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_object_detection
+        training_data: {path: ../data/train-mltable}
+        training_parameters: {model_name: yolov5, model_size: small}
+        """))
+    assert single.mode == "single" and single.limits.max_trials == 1
+    assert single.limits.timeout_minutes == DEFAULT_TIMEOUT_MINUTES
+    plan = plan_sweep(single)
+    assert plan.budget == 1 and plan.space.subspaces[0].keys() == []
+    auto = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_instance_segmentation
+        training_data: {path: ../data/train-mltable}
+        limits: {timeout_minutes: 60, max_trials: 10, max_concurrent_trials: 2}
+        """, "auto.yml"))
+    assert auto.mode == "automode"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = _write(tmp_path, """\
+        type: automl_job
+        task: image_clasification
+        training_data: {type: mltable, path: ../data/missing}
+        validation_data: {path: azureml:fridge-valid:1}
+        limits: {max_trials: 0, max_concurent_trials: 2, timeout_minutes: -5}
+        training_parameters: {learning_rat: 0.1}
+        searchspace: []
+        sweep: {sampling_algorithm: random}
+        """)
+    with pytest.raises(SettingsError) as error:
+        load_job(path)
+    text = "\n".join(error.value.problems)
+    for fragment in ["type: got 'automl_job'", "task: got 'image_clasification'", "does not exist",
+                     "points at cloud storage", "limits.max_trials: must be a whole number from 1 to 1000",
+                     "limits.max_concurent_trials: unknown key; did you mean 'max_concurrent_trials'",
+                     "limits.timeout_minutes", "searchspace: unknown key; did you mean 'search_space'",
+                     "sweep.sampling_algorithm and sweep.early_termination need a search_space"]:
+        assert fragment in text, fragment
+    assert "learning_rat" not in text  # keys are checked against a task, and the task was unreadable
+    assert str(error.value).startswith(f"{len(error.value.problems)} invalid job file values:")
+
+
+def test_settings_problems_in_training_parameters_and_search_space(tmp_path):
+    with pytest.raises(SettingsError) as error:
+        load_job(_write(tmp_path, """\
+            type: automl
+            task: image_classification
+            training_data: {path: ../data/train-mltable}
+            limits: {max_trials: 4}
+            training_parameters: {learning_rat: 0.1, min_size: 600, save_mlflow: true}
+            sweep: {sampling_algorithm: grid}
+            search_space:
+              - learning_rate: "uniform(0.001, 0.01)"
+                optimizer: "choice('sgd', 'adamx')"
+            """))
+    text = "\n".join(error.value.problems)
+    assert "training_parameters.learning_rat: unknown setting; did you mean 'learning_rate'?" in text
+    assert "training_parameters.min_size: does not apply to image_classification" in text
+    assert "save_mlflow" not in text  # Azure-only: a note, not an error
+
+
+def test_grid_job_rejects_ranges_and_schema_rejects_values(tmp_path):
+    base = """\
+        type: automl
+        task: image_classification
+        training_data: {path: ../data/train-mltable}
+        limits: {max_trials: 4}
+        sweep: {sampling_algorithm: %s}
+        search_space:
+          - learning_rate: "uniform(0.5, 2.0)"
+            optimizer: "choice('sgd', 'adamx')"
+        """
+    with pytest.raises(SettingsError) as error:
+        load_job(_write(tmp_path, base % "grid"))
+    assert any("grid sampling takes only choice" in p for p in error.value.problems)
+    with pytest.raises(SettingsError) as error:
+        load_job(_write(tmp_path, base % "random"))
+    text = "\n".join(error.value.problems)
+    assert "learning_rate=2.0 (from uniform(0.5, 2.0)) is rejected" in text and "optimizer='adamx'" in text
+
+
+def test_search_space_needs_a_sampling_algorithm(tmp_path):
+    with pytest.raises(SettingsError, match="search_space needs sweep.sampling_algorithm"):
+        load_job(_write(tmp_path, """\
+            type: automl
+            task: image_classification
+            training_data: {path: ../data/train-mltable}
+            limits: {max_trials: 4}
+            search_space: [{learning_rate: "uniform(0.001, 0.01)"}]
+            """))
+
+
+def test_limits_in_both_places_must_agree_and_concurrency_is_capped(tmp_path):
+    with pytest.raises(SettingsError, match="sweep.limits.max_trials .* contradicts limits.max_trials"):
+        load_job(_write(tmp_path, """\
+            type: automl
+            task: image_classification
+            training_data: {path: ../data/train-mltable}
+            limits: {max_trials: 4}
+            sweep: {limits: {max_trials: 5}}
+            """))
+    job = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_classification
+        training_data: {path: ../data/train-mltable}
+        limits: {max_trials: 2, max_concurrent_trials: 4}
+        """))
+    assert job.limits.max_concurrent_trials == 2 and any("capped at max_trials 2" in n for n in job.notes)
+
+
+def test_bayesian_job_notes_where_azure_would_refuse(tmp_path):
+    job = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_classification
+        training_data: {path: ../data/train-mltable}
+        limits: {max_trials: 20}
+        sweep:
+          sampling_algorithm: {type: bayesian, seed: 1}
+          early_termination: {type: bandit, slack_amount: 0.05}
+        search_space:
+          - model_name: resnet18
+            learning_rate: "loguniform(-7, -3)"
+          - model_name: mobilenetv2
+        """))
+    notes = "\n".join(job.notes)
+    assert "Azure accepts only choice, uniform and quniform" in notes
+    assert "conditional spaces only with random and grid" in notes and "refuses the combination" in notes
+
+
+def test_fingerprint_ignores_data_paths_and_worker_limits(tmp_path):
+    first = load_job(_write(tmp_path, CLASSIFICATION_SWEEP))
+    moved = CLASSIFICATION_SWEEP.replace("../data/train-mltable", str(tmp_path / "data" / "train-mltable"))
+    moved = moved.replace("max_concurrent_trials: 2", "max_concurrent_trials: 1").replace("timeout_minutes: 60",
+                                                                                            "timeout_minutes: 5")
+    assert load_job(_write(tmp_path, moved, "moved.yml")).fingerprint() == first.fingerprint()
+    changed = CLASSIFICATION_SWEEP.replace("max_value: 0.02", "max_value: 0.03")
+    assert load_job(_write(tmp_path, changed, "changed.yml")).fingerprint() != first.fingerprint()
+
+
+def test_parse_job_can_skip_the_data_check():
+    job = parse_job({"type": "automl", "task": "image_classification", "training_data": {"path": "nowhere"}},
+                    base_dir="/data", check_data=False)
+    assert job.training_data.path == Path("/data/nowhere").resolve()
+
+
+# --- AutoMode -------------------------------------------------------------------------------------------
+
+
+def test_automode_on_cpu_trains_small_classifiers_defaults_first():
+    plan = plan_automode(Task.CLASSIFICATION, 10, CPU)
+    models = [sub.fixed["model_name"] for sub in plan.space.subspaces]
+    assert models == ["mobilenetv2", "resnet18", "resnet34"]  # ceil(10 / 4) = 3 families
+    assert plan.portfolio[0] == {SUBSPACE_PARAM: 0, "learning_rate@0": 0.01}  # the reference default
+    lr = plan.space.subspaces[0].distributions["learning_rate"]
+    assert math.isclose(math.exp(lr.params["min_value"]), 0.01 / 3) and math.isclose(math.exp(lr.params["max_value"]), 0.03)
+    assert plan.policy == PolicySpec("median_stopping", 1, 5)
+    assert plan.sampling == SamplingSpec("bayesian", seed=0, n_startup_trials=5)
+
+
+def test_automode_scales_with_budget_and_hardware():
+    small = plan_automode(Task.CLASSIFICATION, 3, BIG_GPU)
+    assert [s.fixed["model_name"] for s in small.space.subspaces] == ["vitb16r224", "seresnext"]
+    assert small.policy is None  # too few trials to compare
+    assert small.portfolio[0]["learning_rate@0"] == 0.0125  # the ViT default
+    large = plan_automode(Task.CLASSIFICATION, 24, BIG_GPU)
+    assert len(large.space.subspaces) == 5
+    assert large.space.subspaces[0].distributions["number_of_epochs"].values == (15, 23)
+    detection = plan_automode(Task.OBJECT_DETECTION, 8, SMALL_GPU)
+    assert [s.fixed for s in detection.space.subspaces] == [{"model_name": "yolov5", "model_size": "small"},
+                                                           {"model_name": "fasterrcnn_resnet50_fpn"}]
+    assert detection.portfolio[0]["learning_rate@0"] == 0.01 and detection.portfolio[1]["learning_rate@1"] == 0.005
+    segmentation = plan_automode(Task.INSTANCE_SEGMENTATION, 2, CPU)
+    assert [s.fixed["model_name"] for s in segmentation.space.subspaces] == ["maskrcnn_resnet18_fpn",
+                                                                             "maskrcnn_resnet50_fpn"]
+
+
+def test_automode_never_sweeps_what_the_job_fixes():
+    plan = plan_automode(Task.CLASSIFICATION, 10, BIG_GPU, {"model_name": "resnet50", "learning_rate": 0.02})
+    assert len(plan.space.subspaces) == 1 and plan.space.subspaces[0].fixed == {"model_name": "resnet50"}
+    assert plan.space.subspaces[0].distributions == {}
+    assert any("nothing is left to sweep" in r for r in plan.reasons)
+
+
+def test_automode_plan_from_a_job_and_its_stored_form(tmp_path):
+    job = load_job(_write(tmp_path, """\
+        type: automl
+        task: image_classification
+        training_data: {path: ../data/train-mltable}
+        limits: {max_trials: 10}
+        """))
+    plan = plan_sweep(job, CPU)
+    assert plan.mode == "automode" and plan.budget == 10 and len(plan.points) == 3
+    assert SweepPlan.from_dict(plan.to_dict()) == plan
+
+
+def test_hardware_detection_reports_this_machine():
+    hardware = Hardware.detect()
+    assert hardware.cpus >= 1 and (hardware.gpus == 0) == (hardware.tier == "cpu")
