@@ -87,6 +87,24 @@ def test_a_perfect_prediction_costs_nothing_and_a_shifted_one_does():
     assert loss.item() == pytest.approx(2 * sum(v.item() for v in parts.values()), rel=1e-5)  # x batch size
 
 
+def test_targets_sharing_an_anchor_and_cell_do_not_depend_on_their_order():
+    """Two objects with one centre claim the same anchors and cells; the better-fitting one sets objectness."""
+    anchors = torch.tensor(ANCHORS, dtype=torch.float32) / torch.tensor([8.0, 16.0, 32.0]).view(-1, 1, 1)
+    shapes = [(8, 8), (4, 4), (2, 2)]
+    targets = torch.tensor([[0, 0, 0.40, 0.40, 0.30, 0.30], [0, 1, 0.40, 0.40, 0.34, 0.26]])
+    cells = [{(a, r, c) for _, a, r, c, _, _ in _positives(level)}
+             for level in (match_anchors(targets[i:i + 1], anchors, shapes)[0] for i in range(2))]
+    assert cells[0] == cells[1] and len(cells[0]) >= 3
+    maps = _perfect_maps(targets[:1], anchors, shapes, 2, batch=1)  # fits the first object exactly
+    loss_fn = YoloLoss(_stand_in(2, anchors))
+    _, forward = loss_fn(maps, targets)
+    _, backward = loss_fn(maps, targets.flip(0))
+    assert forward["obj"].item() == pytest.approx(backward["obj"].item(), rel=1e-6)
+    # The shared cells take the first object's GIoU of 1, so objectness costs what it costs with it alone.
+    _, alone = loss_fn(maps, targets[:1])
+    assert forward["obj"].item() == pytest.approx(alone["obj"].item(), rel=1e-6, abs=1e-7)
+
+
 def test_gains_and_single_class():
     anchors = torch.tensor(ANCHORS, dtype=torch.float32) / torch.tensor([8.0, 16.0, 32.0]).view(-1, 1, 1)
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ box coordinates normalised by the width and height of the (letterboxed) network 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 # Offsets (in cells) of the target's own cell and its four possible neighbours: left, up, right, down.
-_NEIGHBOURS = torch.tensor([[0, 0], [-1, 0], [0, -1], [1, 0], [0, 1]], dtype=torch.float32)
+_NEIGHBOURS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,24 @@ def match_anchors(
     # (na * nt, 7): the target rows repeated for every anchor, with the anchor index appended.
     anchor_index = torch.arange(na, device=device, dtype=targets.dtype).repeat_interleave(nt)
     rows = torch.cat((targets.repeat(na, 1), anchor_index[:, None]), dim=1)
-    neighbours = _NEIGHBOURS.to(device=device, dtype=targets.dtype)
+    neighbours = _neighbour_offsets(device, targets.dtype)
     result = []
     for level, (ny, nx) in enumerate(grid_shapes):
-        scale = torch.tensor([1, 1, nx, ny, nx, ny, 1], device=device, dtype=targets.dtype)
-        t = rows * scale
+        # Scale with Python numbers: a tensor built from a list would be a blocking host-to-device copy.
+        t = rows.clone()
+        t[:, 2:6:2] *= nx
+        t[:, 3:6:2] *= ny
         if nt:
             ratio = t[:, 4:6] / anchors[level][t[:, 6].long()]
             t = t[torch.max(ratio, 1.0 / ratio).amax(dim=1) < anchor_t]
         xy = t[:, 2:4]
         frac = xy % 1.0
-        size = torch.tensor([nx, ny], device=device, dtype=targets.dtype)
         use = torch.stack((
             torch.ones_like(xy[:, 0], dtype=torch.bool),
             (frac[:, 0] < 0.5) & (xy[:, 0] > 1.0),
             (frac[:, 1] < 0.5) & (xy[:, 1] > 1.0),
-            (frac[:, 0] > 0.5) & (xy[:, 0] < size[0] - 1.0),
-            (frac[:, 1] > 0.5) & (xy[:, 1] < size[1] - 1.0),
+            (frac[:, 0] > 0.5) & (xy[:, 0] < nx - 1.0),
+            (frac[:, 1] > 0.5) & (xy[:, 1] < ny - 1.0),
         ))  # (5, n)
         which, member = use.nonzero(as_tuple=True)
         t = t[member]
@@ -117,9 +119,9 @@ class YoloLoss:
         fl_gamma: float = 0.0,
         gr: float = 1.0,
     ):
-        detect = getattr(model, "module", model).detect
-        self.anchors = detect.anchors
-        self.num_classes = detect.nc
+        # Keep the head, not its buffer: moving the model to another device replaces the buffer.
+        self._detect = getattr(model, "module", model).detect
+        self.num_classes = self._detect.nc
         self.box_gain = giou
         self.obj_gain = obj
         self.cls_gain = cls * self.num_classes / 80.0
@@ -131,7 +133,7 @@ class YoloLoss:
 
     def __call__(self, raw_maps: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = raw_maps[0].device
-        anchors = self.anchors.to(device)
+        anchors = self._detect.anchors.to(device)
         targets = targets.to(device=device, dtype=torch.float32)
         matched = match_anchors(targets, anchors, [tuple(p.shape[2:4]) for p in raw_maps], self.anchor_t)
         box_loss = torch.zeros((), device=device)
@@ -149,7 +151,11 @@ class YoloLoss:
                 one_minus_giou = generalized_box_iou_loss(pred, target, reduction="none")
                 box_loss = box_loss + one_minus_giou.mean()
                 giou = (1.0 - one_minus_giou).detach().clamp(min=0).to(obj_target.dtype)
-                obj_target[pos.image, pos.anchor, pos.row, pos.col] = (1.0 - self.gr) + self.gr * giou
+                # Where two targets share an anchor and cell, the better-fitting prediction sets the target
+                # (a max is order-free, so CPU and GPU agree; a plain assignment keeps an arbitrary one).
+                _, na, ny, nx = obj_target.shape
+                flat = ((pos.image * na + pos.anchor) * ny + pos.row) * nx + pos.col
+                obj_target.view(-1).scatter_reduce_(0, flat, (1.0 - self.gr) + self.gr * giou, reduce="amax")
                 if self.num_classes > 1:
                     cls_target = F.one_hot(pos.cls, self.num_classes).to(logits.dtype)
                     cls_loss = cls_loss + self._bce(logits[:, 5:], cls_target, self.cls_pw)
@@ -165,7 +171,7 @@ class YoloLoss:
 
     def _bce(self, logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
         """Mean BCE-with-logits; with ``fl_gamma`` > 0 each element is weighted as in focal loss (alpha 0.25)."""
-        weight = torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
+        weight = logits.new_full((), pos_weight)  # filled on the device: no host-to-device copy
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
         if self.fl_gamma > 0:
             p = logits.sigmoid()
@@ -173,3 +179,8 @@ class YoloLoss:
             alpha = target * 0.25 + (1.0 - target) * 0.75
             loss = loss * alpha * (1.0 - p_t) ** self.fl_gamma
         return loss.mean()
+
+
+@lru_cache(maxsize=None)
+def _neighbour_offsets(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(_NEIGHBOURS, dtype=dtype, device=device)
