@@ -276,3 +276,12 @@ def test_to_dict_holds_only_applicable_keys():
     assert "valid_crop_size" in cls and "min_size" not in cls and "img_size" not in cls
     yolo = resolve_settings(OD).to_dict()
     assert "img_size" in yolo and "min_size" not in yolo and "weighted_loss" not in yolo
+
+
+def test_settings_reference_page_is_up_to_date():
+    from pathlib import Path
+
+    from visionsweep.settings.reference import settings_reference
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert page.read_text() == settings_reference(), "regenerate: python -m visionsweep.settings.reference > docs/settings.md"

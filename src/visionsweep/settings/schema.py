@@ -237,6 +237,8 @@ class Scope:
         return self.models is None or model_name is None or model_name in self.models
 
     def describe(self) -> str:
+        if self.tasks == frozenset(Task) and not self.models_label:
+            return "all tasks"
         text = " and ".join(sorted(t.value for t in self.tasks))
         return f"{text} with {self.models_label}" if self.models_label else text
 
