@@ -176,8 +176,9 @@ class VocEvaluator:
 
     def merge(self, other: VocEvaluator) -> None:
         """Add the images of another evaluator (another process's share); its image numbers follow ours."""
-        if other.class_names != self.class_names or other.iou_threshold != self.iou_threshold:
-            raise ValueError("cannot merge evaluators with different classes or IoU thresholds")
+        if (other.class_names, other.iou_threshold, other.iou_type) != (self.class_names, self.iou_threshold,
+                                                                        self.iou_type):
+            raise ValueError("cannot merge evaluators with different classes, IoU thresholds or IoU types")
         labels, scores, outcomes, image_ids = other._arrays()
         self._labels.append(labels)
         self._scores.append(scores)
