@@ -6,7 +6,6 @@ is the model's full class list in index order (not the predicted classes).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -20,6 +19,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.inference.model_folder import TrainedModel
+from visionsweep.inference.prediction_files import match_prediction_lines
 from visionsweep.tasks import Task
 from visionsweep.training.classification import ClassificationOps
 from visionsweep.training.environment import make_loader
@@ -90,56 +90,27 @@ def known_label_records(records: Sequence[ImageRecord], labels: Sequence[str],
 
 def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task,
                           report: DataReport) -> dict[str, Any]:
-    """Metrics of a predictions file (scoring format) against labelled records, with no model.
-
-    Predictions are matched to records by ``filename`` == ``image_url`` as listed, or by the same
-    resolved path. Unmatched records and predictions are reported.
-    """
-    by_name = _read_predictions(Path(predictions), report)
-    if not by_name:
-        raise DataError(f"{predictions} holds no usable prediction line")
-    labels = next(iter(by_name.values()))[1]
-    rows, matched_records = [], []
-    for record in records:
-        entry = by_name.pop(record.image_url, None) or by_name.pop(str(record.image_path), None)
-        if entry is None:
-            report.skip(record.location, "no prediction", "no line of the predictions file has this filename",
+    """Metrics of a predictions file (the scoring format) against labelled records, with no model."""
+    pairs = match_prediction_lines(predictions, records, report)
+    labels = pairs[0][1].get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise DataError(f"{predictions}: the first matched line has no 'labels' list")
+    rows, scored = [], []
+    for record, line in pairs:
+        probs = line.get("probs")
+        if line.get("labels") != labels:
+            raise DataError(f"{predictions}: the labels list of {record.image_url} differs from the first line's")
+        if not isinstance(probs, list) or len(probs) != len(labels):
+            report.skip(record.location, reasons.MALFORMED_LINE, f"'probs' must hold {len(labels)} numbers",
                         record.image_url)
             continue
-        probs, entry_labels = entry
-        if entry_labels != labels:
-            raise DataError(f"{predictions}: the labels list differs between lines ({entry_labels} vs {labels})")
         rows.append(probs)
-        matched_records.append(record)
-    for name in by_name:
-        report.skip(str(predictions), "no label", "the predictions file names an image the data does not have", name)
-    scorable = known_label_records(matched_records, labels, report)
-    keep = {id(r) for r in scorable}
-    probabilities = np.array([row for row, r in zip(rows, matched_records) if id(r) in keep], dtype=np.float64)
-    if len(scorable) == 0:
-        raise DataError(f"no prediction of {predictions} matches a labelled image.\n{report.summary()}")
-    dataset = ClassificationDataset(scorable, labels, transform=None, multilabel=task.is_multilabel)
-    targets = np.stack([dataset.target(i).numpy() for i in range(len(scorable))])
+        scored.append(record)
+    known = {id(r) for r in known_label_records(scored, labels, report)}
+    probabilities = np.array([row for row, r in zip(rows, scored) if id(r) in known], dtype=np.float64)
+    kept = [r for r in scored if id(r) in known]
+    if not kept:
+        raise DataError(f"no prediction of {predictions} can be scored.\n{report.summary()}")
+    dataset = ClassificationDataset(kept, labels, transform=None, multilabel=task.is_multilabel)
+    targets = np.stack([dataset.target(i).numpy() for i in range(len(kept))])
     return classification_metrics(probabilities, targets, labels, task.is_multilabel)
-
-
-def _read_predictions(path: Path, report: DataReport) -> dict[str, tuple[list[float], list[str]]]:
-    if not path.is_file():
-        raise DataError(f"predictions file {path} does not exist")
-    entries = {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            location = f"{path.name}:{number}"
-            try:
-                item = json.loads(line)
-                name, probs, labels = item["filename"], item["probs"], item["labels"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                report.skip(location, reasons.MALFORMED_LINE, f"needs filename, probs and labels ({error})")
-                continue
-            if len(probs) != len(labels):
-                report.skip(location, reasons.MALFORMED_LINE, f"{len(probs)} probs for {len(labels)} labels", name)
-                continue
-            entries[name] = ([float(p) for p in probs], [str(label) for label in labels])
-    return entries

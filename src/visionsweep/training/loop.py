@@ -58,7 +58,7 @@ class EpochReport:
     epoch: int  # 0-based
     train_loss: float
     learning_rate: float
-    duration_s: float
+    duration_s: float  # the whole epoch, validation included
     evaluated: bool
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics, empty when not evaluated
     training_metrics: dict[str, float] = field(default_factory=dict)
@@ -67,6 +67,7 @@ class EpochReport:
     best_epoch: int | None = None
     best_score: float | None = None
     stop_early: bool = False
+    train_duration_s: float = 0.0  # the training passes of the epoch alone
 
 
 @dataclass
@@ -110,7 +111,8 @@ def fit(
         train_loss = _train_epoch(model, ops, train_loader, optimizer, schedule, scaler, accumulation, config,
                                   epoch, use_amp)
         report = EpochReport(epoch=epoch, train_loss=train_loss, learning_rate=schedule.learning_rate,
-                             duration_s=0.0, evaluated=False, training_metrics=ops.training_metrics())
+                             duration_s=0.0, evaluated=False, training_metrics=ops.training_metrics(),
+                             train_duration_s=time.perf_counter() - started)
         schedule.after_epoch()
         last = epoch == config.number_of_epochs - 1
         if epoch % config.evaluation_frequency == 0 or last:

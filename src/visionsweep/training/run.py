@@ -180,7 +180,8 @@ class _EpochRecorder:
     def __call__(self, report: EpochReport, model: nn.Module) -> bool:
         line = {
             "epoch": report.epoch, "train_loss": report.train_loss, "learning_rate": report.learning_rate,
-            "duration_s": round(report.duration_s, 3), "evaluated": report.evaluated,
+            "duration_s": round(report.duration_s, 3), "train_duration_s": round(report.train_duration_s, 3),
+            "evaluated": report.evaluated,
             "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
             "is_best": report.is_best, "best_epoch": report.best_epoch, "best_score": report.best_score,
             **report.training_metrics, "validation": scalar_metrics(report.metrics),
