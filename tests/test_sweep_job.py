@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from visionsweep.errors import SettingsError
-from visionsweep.sweep import attrs  # noqa: F401  (the package imports cleanly)
 from visionsweep.sweep.automode import Hardware, plan_automode
 from visionsweep.sweep.job import DEFAULT_TIMEOUT_MINUTES, load_job, parse_job
 from visionsweep.sweep.plan import SweepPlan, plan_sweep

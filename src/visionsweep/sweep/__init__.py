@@ -1,0 +1,32 @@
+"""Hyperparameter sweeps from Azure AutoML image job YAML files, on Optuna.
+
+The public surface (what ``visionsweep run``, ``status`` and ``dashboard`` call):
+
+* ``load_job(path) -> Job``: read and check a job file;
+* ``run_sweep(job, run_dir, *, storage=None, study_name=None, trainer=..., devices=None) -> SweepResult``;
+* ``sweep_status(run_dir) -> SweepStatus`` and ``format_status(status) -> str``;
+* ``dashboard_command(run_dir) -> list[str]`` and ``run_dashboard(run_dir)``.
+
+The pieces: ``space`` (grammar and sampling), ``sampling`` (algorithms), ``policies`` (early
+termination), ``automode``, ``plan``, ``slots`` (budgets and resume), ``storage``,
+``trial_process`` (one trial), ``runner``, ``leaderboard``, ``status``. docs/sweeps.md explains them.
+"""
+from visionsweep.sweep.automode import AutoModePlan, Hardware, plan_automode
+from visionsweep.sweep.job import DataInput, Job, Limits, load_job, parse_job
+from visionsweep.sweep.leaderboard import LeaderboardRow
+from visionsweep.sweep.plan import SweepPlan, plan_sweep
+from visionsweep.sweep.policies import (
+    BanditPruner, MedianStoppingPruner, PolicySpec, TruncationSelectionPruner, make_pruner,
+)
+from visionsweep.sweep.runner import DEFAULT_TRAINER, SweepResult, run_sweep
+from visionsweep.sweep.sampling import SamplingSpec, make_sampler
+from visionsweep.sweep.space import Distribution, SearchSpace, SubSpace, parse_search_space, suggest
+from visionsweep.sweep.status import SweepStatus, dashboard_command, format_status, run_dashboard, sweep_status
+
+__all__ = [
+    "AutoModePlan", "BanditPruner", "DEFAULT_TRAINER", "DataInput", "Distribution", "Hardware", "Job",
+    "LeaderboardRow", "Limits", "MedianStoppingPruner", "PolicySpec", "SamplingSpec", "SearchSpace", "SubSpace",
+    "SweepPlan", "SweepResult", "SweepStatus", "TruncationSelectionPruner", "dashboard_command", "format_status",
+    "load_job", "make_pruner", "make_sampler", "parse_job", "parse_search_space", "plan_automode", "plan_sweep",
+    "run_dashboard", "run_sweep", "suggest", "sweep_status",
+]

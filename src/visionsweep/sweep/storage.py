@@ -1,0 +1,120 @@
+"""Where a sweep's Optuna study lives, and opening it the same way in every worker and trial.
+
+* Default: an append-only journal file ``<run folder>/study.journal``
+  (``JournalStorage(JournalFileBackend(...))``). Several processes on one machine (the runner and
+  its trial processes, or several ``run`` commands) share it safely through its file lock; a
+  shared file system with working locks (NFSv3+) extends that to several machines. SQLite is not
+  used by default because parallel writers get "database is locked" (spec C.5).
+* A URL: ``postgresql://user@host/db`` (or ``mysql://``, ``sqlite:///file.db``) opens Optuna's
+  ``RDBStorage``; ``redis://host:port`` opens a Redis journal (needs the ``redis`` package).
+  With PostgreSQL the PostgreSQL driver ``psycopg2`` must be installed.
+* Any other string is a journal file path (relative to the run folder).
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalRedisBackend, JournalStorage
+
+from visionsweep.errors import SettingsError
+from visionsweep.sweep import attrs
+
+JOURNAL_FILE = "study.journal"
+# A process holds the journal lock for one append, milliseconds. A killed process can leave the lock
+# behind; Optuna breaks it after this many seconds of no change (its default, 30 s, made every
+# resume after a kill wait half a minute).
+LOCK_GRACE_S = 5
+_RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "mariadb", "oracle", "mssql")
+
+
+def open_storage(spec: str | None, run_dir: str | Path) -> BaseStorage:
+    """Open the storage named by ``spec`` (None: the journal file in ``run_dir``)."""
+    run_dir = Path(run_dir)
+    if spec is None:
+        return _journal(run_dir.resolve() / JOURNAL_FILE)
+    scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
+    if scheme == "redis":
+        return JournalStorage(JournalRedisBackend(spec))
+    if scheme in _RDB_SCHEMES:
+        url = "postgresql" + spec[len("postgres"):] if spec.startswith("postgres://") else spec
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ImportError as error:
+            raise SettingsError([f"--storage {mask_url(spec)}: the database driver is missing ({error}); for PostgreSQL "
+                                 "install psycopg2-binary"], context="storage") from None
+    if scheme:
+        raise SettingsError([f"--storage {mask_url(spec)}: unknown scheme {scheme!r}; use postgresql://, mysql://, "
+                             "sqlite:///, redis:// or a journal file path"], context="storage")
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else run_dir.resolve() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _journal(path)
+
+
+def journal_path(spec: str | None, run_dir: str | Path) -> Path | None:
+    """The journal file of a file-based storage (None for databases and Redis)."""
+    if spec is None:
+        return Path(run_dir).resolve() / JOURNAL_FILE
+    if "://" in spec:
+        return None
+    path = Path(spec).expanduser()
+    return path if path.is_absolute() else Path(run_dir).resolve() / path
+
+
+def open_study(storage: BaseStorage, study_name: str, *, fingerprint: str, plan: dict[str, Any],
+               summary: dict[str, Any], sampler: BaseSampler | None = None,
+               pruner: BasePruner | None = None) -> tuple[optuna.Study, dict[str, Any], bool]:
+    """Create the study, or load it and check that it belongs to the same job.
+
+    Returns (study, the plan stored in the study, created). The first worker stores ``plan``;
+    later workers and resumed runs use the stored plan, so that all of them sample one space even
+    where the plan depends on the machine (AutoMode). Raises ``SettingsError`` when the study holds
+    another job's sweep.
+    """
+    created = False
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+    stored = study.user_attrs
+    if created or attrs.FINGERPRINT not in stored:
+        # A worker that died between creating the study and writing these is repaired by the next one.
+        study.set_user_attr(attrs.PLAN, plan)
+        study.set_user_attr(attrs.BUDGET, plan["budget"])
+        study.set_user_attr(attrs.JOB_SUMMARY, summary)
+        study.set_user_attr(attrs.FINGERPRINT, fingerprint)
+        return study, plan, created
+    if stored[attrs.FINGERPRINT] != fingerprint:
+        raise SettingsError([
+            f"study {study_name!r} in this storage holds the sweep of a different job (its task, settings, search "
+            "space, sampling, policy or max_trials differ). Run the changed job in a new run folder, or give it "
+            "another name (job name: or --study-name)"], context="sweep")
+    return study, stored[attrs.PLAN], created
+
+
+def _journal(path: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path), LOCK_GRACE_S)))
+
+
+def study_seed(study_name: str) -> int:
+    """A stable seed derived from the study name (the Sobol sequence's seed when the job gives none)."""
+    return zlib.crc32(study_name.encode())
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+

@@ -1,0 +1,135 @@
+"""Sweep outputs and limits through the runner: leaderboard, best model, status, invalid draws,
+early termination keeping its best model, the sweep timeout. Uses test_sweep_runner's stand-in trainer."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from test_sweep_runner import EPOCH_SECONDS, _run, _trials, job_writer
+from visionsweep.errors import SettingsError
+from visionsweep.sweep import attrs
+from visionsweep.sweep.job import load_job
+from visionsweep.sweep.sampling import SamplingSpec, assigned_points
+from visionsweep.sweep.space import parse_search_space
+from visionsweep.sweep.status import dashboard_command, format_status, sweep_status
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    return job_writer(tmp_path)
+
+
+# --- outputs --------------------------------------------------------------------------------------------
+
+
+def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
+    path = job_file("""\
+        limits: {max_trials: 3, max_concurrent_trials: 3}
+        training_parameters: {number_of_epochs: 3}
+        sweep: {sampling_algorithm: grid}
+        search_space:
+          - model_name: "choice('resnet18', 'mobilenetv2')"
+            learning_rate: 0.006
+          - model_name: resnet34
+            learning_rate: 0.005
+        """)
+    run_dir = tmp_path / "run"
+    result, lines = _run(path, run_dir)
+    assert result.budget == 3 and result.counts == {"completed": 3}
+    assert result.best.trial == next(t.number for t in _trials(run_dir) if t.params.get("subspace") == 1)
+    assert result.best.config == {"model_name": "resnet34", "learning_rate": 0.005}
+    assert abs(result.best.score - (1 - 0.2 / 3)) < 1e-9 and result.best.best_epoch == 2
+    # The best trial's model folder is copied to a stable place, with a record of where it came from.
+    assert float((run_dir / "best_model" / "weights.txt").read_text()) == result.best.score
+    assert json.loads((run_dir / "best_trial.json").read_text())["trial"] == result.best.trial
+    rows = list(csv.DictReader((run_dir / "leaderboard.csv").open()))
+    assert [r["trial"] for r in rows][0] == str(result.best.trial) and len(rows) == 3
+    assert {r["model_name"] for r in rows} == {"resnet18", "mobilenetv2", "resnet34"}
+    assert any(line.startswith("#  trial  status") for line in "\n".join(lines).splitlines())
+    for trial in _trials(run_dir):
+        record = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "trial.json").read_text())
+        assert record["status"] == "completed" and record["epochs_run"] == 3
+    status = sweep_status(run_dir)
+    assert status.finished and status.done == 3 and status.best.trial == result.best.trial
+    assert "3/3 trials ended" in format_status(status)
+    assert dashboard_command(run_dir)[:2] == ["optuna-dashboard", str((run_dir / "study.journal").resolve())]
+
+
+def test_sampled_settings_the_schema_rejects_fail_without_a_process(job_file, tmp_path):
+    path = job_file("""\
+        limits: {max_trials: 4, max_concurrent_trials: 2}
+        training_parameters: {number_of_epochs: 1, learning_rate: 0.005}
+        sweep: {sampling_algorithm: grid}
+        search_space:
+          - model_name: vitb16r224
+            training_crop_size: "choice(224, 256)"
+            validation_crop_size: "choice(224, 256)"
+        """)
+    job = load_job(path)
+    assert any("train_crop_size == valid_crop_size" in n for n in job.notes)
+    result, _ = _run(path, tmp_path / "run")
+    assert result.counts == {"completed": 2, "failed": 2}
+    failed = [r for r in result.rows if r.status == "failed"]
+    assert all("did not start" in r.note and "train_crop_size == valid_crop_size" in r.note for r in failed)
+    assert not any((Path(r.trial_dir) / "process.log").exists() for r in failed)
+
+
+# --- early termination and limits --------------------------------------------------------------------------
+
+
+def test_bandit_cancels_a_poor_trial_which_keeps_its_metrics_and_best_model(job_file, tmp_path):
+    space, _ = parse_search_space([{"learning_rate": "choice(0.005, 0.02)"}])
+    # One trial at a time with the good point first (the grid order is seeded), so the poor one has a peer.
+    seed = next(s for s in range(100) if assigned_points(SamplingSpec("grid", seed=s), space)[0]["learning_rate"] == 0.005)
+    path = job_file(f"""\
+        limits: {{max_trials: 2, max_concurrent_trials: 1}}
+        training_parameters: {{number_of_epochs: 4, model_name: resnet18}}
+        sweep:
+          sampling_algorithm: {{type: grid, seed: {seed}}}
+          early_termination: {{type: bandit, slack_factor: 0.1, delay_evaluation: 2, min_peers: 1}}
+        search_space:
+          - learning_rate: "choice(0.005, 0.02)"
+        """)
+    result, _ = _run(path, tmp_path / "run")
+    good, poor = result.rows
+    assert good.config["learning_rate"] == 0.005 and good.status == "completed" and good.epochs_run == 4
+    # Interval 2: the best value there is 0.9, the poor trial's best 0.3 is below 0.9 / 1.1.
+    assert poor.status == "cancelled" and poor.epochs_run == 2 and abs(poor.score - 0.3) < 1e-9
+    assert poor.note == "early termination by bandit at interval 2"
+    assert float((Path(poor.model_dir) / "weights.txt").read_text()) == poor.score
+    poor_trial = next(t for t in _trials(tmp_path / "run") if t.number == poor.trial)
+    assert poor_trial.state == optuna.trial.TrialState.PRUNED
+    assert list(poor_trial.intermediate_values) == [1, 2] and abs(poor_trial.intermediate_values[2] - 0.3) < 1e-9
+
+
+def test_timeout_stops_running_trials_cleanly(job_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(EPOCH_SECONDS, "0.2")
+    path = job_file("""\
+        limits: {max_trials: 6, max_concurrent_trials: 2, timeout_minutes: 0.04}
+        training_parameters: {number_of_epochs: 100, learning_rate: 0.005}
+        sweep: {sampling_algorithm: random}
+        search_space: [{model_name: "choice('resnet18', 'resnet34')"}]
+        """)
+    started = time.time()
+    result, lines = _run(path, tmp_path / "run")
+    assert result.timed_out and time.time() - started < 30
+    assert result.counts == {"cancelled": 2}  # two ran side by side, none started after the timeout
+    for row in result.rows:
+        assert row.note == "sweep timeout (0.04 min)" and 1 <= row.epochs_run < 100 and row.score is not None
+    assert any("timeout_minutes (0.04) reached" in line for line in lines)
+
+
+def test_a_run_folder_keeps_its_job(job_file, tmp_path):
+    body = """\
+        limits: {max_trials: 1}
+        training_parameters: {number_of_epochs: 1, learning_rate: %s}
+        """
+    run_dir = tmp_path / "run"
+    _run(job_file(body % 0.005), run_dir)
+    with pytest.raises(SettingsError, match="holds the sweep of a different job"):
+        _run(job_file(body % 0.006, "changed.yml"), run_dir)
