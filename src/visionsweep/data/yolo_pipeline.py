@@ -7,6 +7,11 @@ Batches carry targets in the YOLO layout: (n, 6) rows (image index, class, cx, c
 normalised by the network input width and height. Images leave as uint8 (B, 3, S, S); the model
 takes ``images.float() / 255`` (no mean/std normalisation). Randomness comes from a
 ``numpy.random.Generator`` handed in, so every function is reproducible from a seed.
+
+Pixels are resized and warped with Pillow (the reference uses OpenCV): Pillow's bilinear filter
+averages over the source when shrinking, so small details alias less; geometry is identical.
+Letterbox offsets are kept as the whole pixels actually padded (not half the padding as a float),
+so that boxes map back to the original image exactly.
 """
 from __future__ import annotations
 
