@@ -93,7 +93,8 @@ def resize_longest(sample: YoloSample, img_size: int, *, augment: bool) -> YoloS
     return _resized(sample, new_size, resample)
 
 
-def letterbox(sample: YoloSample, size: int, *, scale_up: bool = True) -> tuple[YoloSample, tuple[float, float], tuple[int, int]]:
+def letterbox(sample: YoloSample, size: int, *, scale_up: bool = True
+              ) -> tuple[YoloSample, tuple[float, float], tuple[int, int]]:
     """Fit the image into a ``size`` x ``size`` square, keeping its aspect ratio, and pad with grey.
 
     The scale is min(size / h, size / w), capped at 1 unless ``scale_up``. The padding is split

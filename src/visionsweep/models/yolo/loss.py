@@ -131,7 +131,8 @@ class YoloLoss:
         self.fl_gamma = fl_gamma
         self.gr = gr
 
-    def __call__(self, raw_maps: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, raw_maps: list[torch.Tensor], targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = raw_maps[0].device
         anchors = self._detect.anchors.to(device)
         targets = targets.to(device=device, dtype=torch.float32)
