@@ -10,10 +10,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from test_sweep_runner import EPOCH_SECONDS, _run, _trials, job_writer
+from test_sweep_runner import EPOCH_SECONDS, STALL_AFTER, TRAINER, _run, _trials, job_writer
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
+from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import load_job
+from visionsweep.sweep.runner import run_sweep
 from visionsweep.sweep.sampling import SamplingSpec, assigned_points
 from visionsweep.sweep.space import parse_search_space
 from visionsweep.sweep.status import dashboard_command, format_status, sweep_status
@@ -133,3 +135,33 @@ def test_a_run_folder_keeps_its_job(job_file, tmp_path):
     _run(job_file(body % 0.005), run_dir)
     with pytest.raises(SettingsError, match="holds the sweep of a different job"):
         _run(job_file(body % 0.006, "changed.yml"), run_dir)
+
+
+def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(STALL_AFTER, "1")  # epoch 0 reports, epoch 1 never ends
+    path = job_file("""\
+        limits: {max_trials: 1, trial_timeout_minutes: 0.02}
+        training_parameters: {number_of_epochs: 5, learning_rate: 0.005}
+        """)
+    started = time.time()
+    result, _ = _run(path, tmp_path / "run", stop_grace_s=0.5)
+    assert time.time() - started < 30
+    (row,) = result.rows
+    assert row.status == "cancelled" and abs(row.score - 0.8) < 1e-9  # its one report, 1 - 0.2 / 1
+    assert row.note == "trial timeout (0.02 min); killed after not stopping within 0.5s"
+    assert float((Path(row.model_dir) / "weights.txt").read_text()) == row.score
+
+
+def test_automode_runs_its_default_configurations_first(job_file, tmp_path):
+    path = job_file("""\
+        limits: {max_trials: 4, max_concurrent_trials: 2}
+        training_parameters: {number_of_epochs: 1}
+        """)
+    result = run_sweep(load_job(path), tmp_path / "run", trainer=TRAINER, devices=[], progress=lambda line: None,
+                       hardware=Hardware(gpus=0, gpu_memory_gib=0, cpus=2), poll_interval_s=0.05)
+    by_slot = {t.user_attrs[attrs.SLOT]: t.user_attrs[attrs.CONFIG] for t in _trials(tmp_path / "run")}
+    assert by_slot[0] == {"model_name": "mobilenetv2", "learning_rate": 0.01}
+    assert by_slot[1] == {"model_name": "resnet18", "learning_rate": 0.01}
+    assert {by_slot[2]["model_name"], by_slot[3]["model_name"]} <= {"mobilenetv2", "resnet18"}
+    assert all(0.01 / 3 <= by_slot[s]["learning_rate"] <= 0.03 for s in (2, 3))
+    assert result.counts == {"completed": 4}

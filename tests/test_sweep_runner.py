@@ -27,6 +27,7 @@ from visionsweep.sweep.status import sweep_status
 
 TRAINER = "test_sweep_runner:fake_train"
 EPOCH_SECONDS = "VS_TEST_EPOCH_SECONDS"
+STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch on, one epoch takes a minute
 RAISES, EXITS, NO_MEMORY, KILLED = 0.0021, 0.0031, 0.0041, 0.0051
 
 
@@ -66,8 +67,9 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
     model_dir.mkdir(parents=True, exist_ok=True)
     ceiling = 1 - 40 * abs(lr - 0.005)
     best, best_epoch, status = float("-inf"), 0, "completed"
+    stall = int(os.environ.get(STALL_AFTER, "-1"))
     for epoch in range(settings["number_of_epochs"]):
-        time.sleep(float(os.environ.get(EPOCH_SECONDS, "0")))
+        time.sleep(60 if 0 <= stall <= epoch else float(os.environ.get(EPOCH_SECONDS, "0")))
         score = ceiling - 0.2 / (epoch + 1)
         if score > best:
             best, best_epoch = score, epoch

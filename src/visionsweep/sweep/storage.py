@@ -7,7 +7,8 @@
   used by default because parallel writers get "database is locked" (spec C.5).
 * A URL: ``postgresql://user@host/db`` (or ``mysql://``, ``sqlite:///file.db``) opens Optuna's
   ``RDBStorage``; ``redis://host:port`` opens a Redis journal (needs the ``redis`` package).
-  With PostgreSQL the PostgreSQL driver ``psycopg2`` must be installed.
+  PostgreSQL needs a driver: SQLAlchemy 2.1 reads ``postgresql://`` with psycopg 3
+  (``pip install "psycopg[binary]"``); ``postgresql+psycopg2://`` selects psycopg2 instead.
 * Any other string is a journal file path (relative to the run folder).
 """
 from __future__ import annotations
@@ -46,8 +47,8 @@ def open_storage(spec: str | None, run_dir: str | Path) -> BaseStorage:
         try:
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except ImportError as error:
-            raise SettingsError([f"--storage {mask_url(spec)}: the database driver is missing ({error}); for PostgreSQL "
-                                 "install psycopg2-binary"], context="storage") from None
+            raise SettingsError([f"--storage {mask_url(spec)}: the database driver is missing ({error.__cause__ or error}); "
+                                 "for postgresql:// install it with: pip install \"psycopg[binary]\""], context="storage") from None
     if scheme:
         raise SettingsError([f"--storage {mask_url(spec)}: unknown scheme {scheme!r}; use postgresql://, mysql://, "
                              "sqlite:///, redis:// or a journal file path"], context="storage")
