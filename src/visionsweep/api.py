@@ -14,6 +14,7 @@ from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.report import DataReport
 from visionsweep.errors import SettingsError
 from visionsweep.inference import classification as classification_inference
+from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.settings import resolve_settings
@@ -25,6 +26,7 @@ from visionsweep.utils import json_ready
 _INFERENCE: dict[Task, ModuleType] = {
     Task.CLASSIFICATION: classification_inference,
     Task.MULTILABEL: classification_inference,
+    Task.OBJECT_DETECTION: detection_inference,
 }
 
 

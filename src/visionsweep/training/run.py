@@ -41,6 +41,7 @@ from visionsweep.training.checkpoint import (
     save_checkpoint,
 )
 from visionsweep.training.classification import classification_pipeline
+from visionsweep.training.detection import detection_pipeline
 from visionsweep.training.environment import seed_everything, select_device
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
@@ -56,6 +57,7 @@ EpochCallback = Callable[[EpochReport], bool | None]
 _PIPELINES: dict[Task, Callable[..., tuple[Any, Any, Any]]] = {
     Task.CLASSIFICATION: classification_pipeline,
     Task.MULTILABEL: classification_pipeline,
+    Task.OBJECT_DETECTION: detection_pipeline,
 }
 
 
