@@ -19,7 +19,9 @@
   Running the same command again resumes: finished trials stay, trials of the dead run are
   re-run with their parameters, and the sweep goes on to its budget.
 * **Many workers.** Several ``run_sweep`` calls (processes, machines) with the same job and
-  storage URL share one study and run exactly the budget between them.
+  storage URL share one study and run exactly the budget between them. A worker with nothing
+  left to start waits for the others' running trials (re-running any whose worker dies), so that
+  every worker ends with the complete leaderboard.
 * **Outputs** in the run folder: ``sweep.json`` (what ``status`` reads), ``job.yml`` (a copy),
   ``trials/trial_NNNN/`` (the trainer's output plus ``trial.json``, ``process.log``),
   ``leaderboard.csv``, ``best_model/`` and ``best_trial.json``.
