@@ -7,7 +7,9 @@ The Python API mirrors the ``visionsweep`` command::
     visionsweep.predict(result.run_dir, "images/", output="predictions.jsonl")
     metrics, report = visionsweep.evaluate(result.run_dir, data="val.jsonl")
 """
-from visionsweep.api import PredictionResult, convert, evaluate, predict, validate_data
+from importlib import import_module
+from typing import Any
+
 from visionsweep.errors import (
     CheckpointError,
     DataError,
@@ -16,15 +18,27 @@ from visionsweep.errors import (
     VisionSweepError,
     WeightsUnavailableError,
 )
-from visionsweep.models import create_model, list_models
-from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.training import TrainResult, train
 
 __version__ = "0.1.0"
 
+# Loaded on first use: torch, timm and scikit-learn take seconds to import, and `visionsweep models`
+# or a settings check should not pay for them.
+_LAZY = {
+    "PredictionResult": "visionsweep.api", "convert": "visionsweep.api", "evaluate": "visionsweep.api",
+    "predict": "visionsweep.api", "validate_data": "visionsweep.api",
+    "create_model": "visionsweep.models", "list_models": "visionsweep.models",
+    "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",
+    "TrainResult": "visionsweep.training", "train": "visionsweep.training",
+}
+
 __all__ = [
-    "CheckpointError", "DataError", "PredictionResult", "SettingsError", "Settings", "Task", "TrainResult",
-    "TrainingError", "VisionSweepError", "WeightsUnavailableError", "convert", "create_model", "evaluate",
-    "list_models", "predict", "resolve_settings", "train", "validate_data",
+    "CheckpointError", "DataError", "SettingsError", "Task", "TrainingError", "VisionSweepError",
+    "WeightsUnavailableError", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'visionsweep' has no attribute {name!r}")

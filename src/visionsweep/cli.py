@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from visionsweep import api
 from visionsweep.errors import VisionSweepError
 from visionsweep.settings import load_settings_file, parse_set_options
 from visionsweep.utils import json_ready, write_json
@@ -109,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from visionsweep import api
+
     result = api.predict(args.model, args.input, output=args.output, settings=_settings(args))
     log.info("%s", result.report.summary())
     log.info("wrote %d predictions to %s", result.images, result.output)
@@ -116,6 +117,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from visionsweep import api
+
     metrics, report = api.evaluate(args.model, data=args.data, task=args.task, predictions=args.predictions,
                                    settings=_settings(args))
     log.info("%s", report.summary())
@@ -126,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from visionsweep import api
+
     data = api.validate_data(args.task, args.data, args.validation_data, settings=_settings(args))
     for report in data.reports:
         print(report.summary(max_lines=50))
@@ -140,6 +145,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from visionsweep import api
+
     options = parse_set_options(args.option)
     result = api.convert(args.source_format, args.source, args.output, **options)
     print(result.report.summary(max_lines=50))
