@@ -27,7 +27,8 @@ from visionsweep.sweep.status import sweep_status
 
 TRAINER = "test_sweep_runner:fake_train"
 EPOCH_SECONDS = "VS_TEST_EPOCH_SECONDS"
-STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch on, one epoch takes a minute
+STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch on, one epoch takes a minute ...
+IGNORE_STOP = "VS_TEST_IGNORE_STOP"  # ... and the trainer does not honour a stop request
 RAISES, EXITS, NO_MEMORY, KILLED = 0.0021, 0.0031, 0.0041, 0.0051
 
 
@@ -74,7 +75,8 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
         if score > best:
             best, best_epoch = score, epoch
             (model_dir / "weights.txt").write_text(repr(score))
-        if epoch_callback and epoch_callback(FakeReport(epoch, True, {"accuracy": score}, score)):
+        if epoch_callback and epoch_callback(FakeReport(epoch, True, {"accuracy": score}, score)) \
+                and not os.environ.get(IGNORE_STOP):
             status = "cancelled"
             break
     return FakeResult(Path(output), model_dir, status, "accuracy", best, best_epoch, epoch + 1)

@@ -168,9 +168,7 @@ class _Worker:
             self.progress(f"  {reason}")
         for note in self.job.notes:
             self.progress(f"  note: {note}")
-        reaped = reap_stale_trials(self.study, self.plan.budget, stale_after_s=self.stale_after_s)
-        if reaped:
-            self.progress(f"resuming: trial(s) {', '.join(map(str, reaped))} of a stopped run will be re-run")
+        self._reap()
         previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
         if _main_thread():
             signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -254,7 +252,7 @@ class _Worker:
                 self._heartbeat(now)
             if now - last_reap >= _REAP_INTERVAL_S:
                 last_reap = now
-                reap_stale_trials(self.study, self.plan.budget, stale_after_s=self.stale_after_s)
+                self._reap()
             if not self.running:
                 if self.timed_out:
                     return
@@ -267,6 +265,12 @@ class _Worker:
                     # worker dies is re-run here once it is found stale.
                     time.sleep(_IDLE_POLL_S)
             time.sleep(self.poll_interval_s)
+
+    def _reap(self) -> None:
+        reaped = reap_stale_trials(self.study, self.plan.budget, stale_after_s=self.stale_after_s)
+        if reaped:
+            self.progress(f"trial(s) {', '.join(map(str, reaped))} lost their worker (a stopped run or a dead "
+                          "worker): they will be re-run")
 
     def _trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
