@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from visionsweep.errors import SettingsError
+from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models
 from visionsweep.models.detection import build_faster_rcnn, label_offset
 from visionsweep.tasks import RCNN_DETECTION_MODELS, Task
@@ -21,7 +21,8 @@ FASTER = [name for name in RCNN_DETECTION_MODELS if name.startswith("fasterrcnn"
 def _batch():
     torch.manual_seed(0)
     images = [torch.randn(3, 64, 80), torch.randn(3, 72, 64)]  # already resized and normalised inputs
-    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 40.0], [30.0, 30.0, 60.0, 62.0]]), "labels": torch.tensor([0, 2])},
+    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 40.0], [30.0, 30.0, 60.0, 62.0]]),
+                "labels": torch.tensor([0, 2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # a background image
     return images, targets
 
@@ -128,7 +129,8 @@ def test_backbone_construction():
 def _frozen_prefixes(model):
     frozen = {name.split(".")[2] for name, p in model.named_parameters()
               if not p.requires_grad and name.startswith("backbone.body.")}
-    outside = [name for name, p in model.named_parameters() if not p.requires_grad and not name.startswith("backbone.body.")]
+    outside = [name for name, p in model.named_parameters()
+               if not p.requires_grad and not name.startswith("backbone.body.")]
     assert not outside  # only trunk stages are ever frozen
     return frozen
 
@@ -191,5 +193,5 @@ def test_coco_detector_weights_from_a_file_keep_a_fresh_class_layer(tmp_path, of
 
 
 def test_missing_weights_name_the_cache_and_the_way_out(offline_cache):
-    with pytest.raises(Exception, match=r"resnet34-b627a593\.pth.*pretrained=false"):
+    with pytest.raises(WeightsUnavailableError, match=r"resnet34-b627a593\.pth.*pretrained=false"):
         create_model("fasterrcnn_resnet34_fpn", 2, min_size=64, max_size=96)

@@ -142,21 +142,20 @@ def test_prepare_image_normalises_and_resizes_boxes_with_the_pixels():
     assert [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] == [20, 10, 60, 50]
 
 
-def _write_images(folder, count=3, broken=()):
+def _write_images(folder, count=3):
+    """``count`` PNGs 80 pixels high and 100, 120, 140 ... wide; even ones hold one red object, odd ones
+    are background images. Returns the JSONL file."""
     lines = []
     for i in range(count):
         path = folder / f"{i}.png"
-        if i in broken:
-            path.write_bytes(b"not a png")
-        else:
-            width, height = 100 + 20 * i, 80
-            pixels = np.zeros((height, width, 3), np.uint8)
-            pixels[:] = GREEN
-            if i % 2 == 0:
-                pixels[20:60, 10:50] = COLOURS[0]
-            Image.fromarray(pixels).save(path)
+        width, height = 100 + 20 * i, 80
+        pixels = np.zeros((height, width, 3), np.uint8)
+        pixels[:] = GREEN
+        if i % 2 == 0:  # odd images are background images: no object, no red
+            pixels[20:60, 10:50] = COLOURS[0]
+        Image.fromarray(pixels).save(path)
         lines.append({"image_url": path.name,
-                      "label": [{"label": "red", "topX": 10 / (100 + 20 * i), "topY": 0.25, "bottomX": 50 / (100 + 20 * i),
+                      "label": [{"label": "red", "topX": 10 / width, "topY": 0.25, "bottomX": 50 / width,
                                  "bottomY": 0.75}] if i % 2 == 0 else []})
     jsonl = folder / "data.jsonl"
     jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))

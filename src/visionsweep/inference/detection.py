@@ -74,7 +74,8 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
                                       batch.image_sizes[position], batch.original_sizes[position])
 
 
-def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> Iterator[dict[str, Any]]:
+def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord],
+                  report: DataReport) -> Iterator[dict[str, Any]]:
     """One scoring-format line per readable image, in input order."""
     for found in detect(trained, records, report):
         yield prediction_line(found.record.image_url, found.predictions, trained.labels, found.frame_size)

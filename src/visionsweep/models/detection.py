@@ -47,7 +47,8 @@ from visionsweep.models.weights import WeightsSource
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 # layers_to_freeze groups of every R-CNN model (spec 2.12, "resnet_backbone").
-RESNET_BACKBONE_GROUPS = tuple((f"backbone.body.{name}.",) for name in ("conv1", "layer1", "layer2", "layer3", "layer4"))
+RESNET_BACKBONE_GROUPS = tuple((f"backbone.body.{stage}.",) for stage in ("conv1", "layer1", "layer2", "layer3",
+                                                                           "layer4"))
 # Without layers_to_freeze, the reference trains the last three stages: layer2, layer3, layer4.
 DEFAULT_TRAINABLE_STAGES = 3
 FASTER_RCNN_HEAD = ("roi_heads.box_predictor.",)

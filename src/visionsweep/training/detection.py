@@ -29,7 +29,7 @@ from visionsweep.data.detection_labels import check_detection_data
 from visionsweep.data.images import load_rgb
 from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
-from visionsweep.errors import DataError, TrainingError
+from visionsweep.errors import TrainingError
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.models.detection import is_rcnn_detector, label_offset
 from visionsweep.models.freezing import train_mode
