@@ -138,10 +138,25 @@ GOOD = [0.9] * 8
 BAD = [0.1] * 8
 
 
-@pytest.mark.parametrize("t, stops", [(2, False), (3, False), (4, True), (5, False), (6, True)])
-def test_bandit_pruner_before_at_and_after_delay_and_interval(t, stops):
-    pruner = BanditPruner(slack_factor=0.2, evaluation_interval=2, delay_evaluation=3, min_peers=2)
-    assert pruner.prune(_study([GOOD, GOOD]), _mine(BAD[:t])) is stops
+SCHEDULED = {
+    "bandit": lambda: BanditPruner(slack_factor=0.2, evaluation_interval=2, delay_evaluation=3, min_peers=2),
+    "median": lambda: MedianStoppingPruner(evaluation_interval=2, delay_evaluation=3, min_peers=2),
+    "truncation": lambda: TruncationSelectionPruner(truncation_percentage=34, evaluation_interval=2,
+                                                    delay_evaluation=3, min_peers=2),
+}
+
+
+@pytest.mark.parametrize("policy", SCHEDULED)
+@pytest.mark.parametrize("t, stops", [(1, False), (2, False), (3, False), (4, True), (5, False), (6, True), (8, True)])
+def test_pruners_act_only_at_interval_multiples_from_the_delay(policy, t, stops):
+    # A poor trial among two good ones: every policy stops it, but only when it is due
+    # (interval 2, delay 3: at 4, 6, 8). Truncation at 34 % of 3 trials cuts one.
+    assert SCHEDULED[policy]().prune(_study([GOOD, GOOD]), _mine(BAD[:t])) is stops
+
+
+@pytest.mark.parametrize("policy", SCHEDULED)
+def test_pruners_let_a_good_trial_continue_when_due(policy):
+    assert SCHEDULED[policy]().prune(_study([BAD, GOOD]), _mine([0.95] * 4)) is False
 
 
 def test_pruners_wait_for_the_minimum_number_of_peers():

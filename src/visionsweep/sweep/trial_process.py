@@ -1,5 +1,5 @@
-"""The process that runs one trial: ``python -m visionsweep.sweep.trial_process SPEC.json``
-(the runner starts it through ``launch.python_command``, which defers importing torch).
+"""The process that runs one trial, started by the runner with ``launch.python_command`` and the
+path of its ``trial_spec.json``.
 
 The runner writes the spec (what to train, where, which trainer), starts this process with its
 output going to the trial's ``process.log``, and waits. This process calls the trainer with an
