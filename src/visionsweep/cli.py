@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from visionsweep.errors import VisionSweepError
+from visionsweep.sweep.commands import add_sweep_commands
 from visionsweep.settings import load_settings_file, parse_set_options
 from visionsweep.utils import json_ready, write_json
 
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="an importer option, e.g. multilabel=true or image_root=DIR (repeatable)")
     convert.set_defaults(handler=_convert)
+
+    add_sweep_commands(commands)
 
     models = commands.add_parser("models", help="list the model names of a task (or of every task)")
     models.add_argument("--task")

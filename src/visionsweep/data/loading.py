@@ -22,13 +22,15 @@ class TrainingData:
 
 
 def load_training_data(task: Task, data: str | Path, validation_data: str | Path | None, *,
-                       validation_size: float, seed: int, ignore_data_errors: bool) -> TrainingData:
+                       validation_size: float, seed: int, ignore_data_errors: bool,
+                       label_column: str = "label") -> TrainingData:
     """Read the training data and either read the validation data or hold out ``validation_size``
     of the training images (stratified, seeded)."""
-    train = read_labeled_data(data, task, ignore_data_errors=ignore_data_errors)
+    train = read_labeled_data(data, task, ignore_data_errors=ignore_data_errors, label_column=label_column)
     reports = [train.report]
     if validation_data is not None:
-        validation = read_labeled_data(validation_data, task, ignore_data_errors=ignore_data_errors)
+        validation = read_labeled_data(validation_data, task, ignore_data_errors=ignore_data_errors,
+                                       label_column=label_column)
         reports.append(validation.report)
         train_records, val_records = train.records, validation.records
     else:

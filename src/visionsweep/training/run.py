@@ -87,13 +87,15 @@ def train(
     output: str | Path | None = None,
     epoch_callback: EpochCallback | None = None,
     progress: bool = True,
+    label_column: str = "label",
 ) -> TrainResult:
     """Train one model and write its run folder.
 
     ``data`` and ``validation_data`` are JSONL files or MLTable folders; without validation data,
     ``validation_size`` of the training images are held out. ``settings`` are hyperparameters by
     name. ``epoch_callback(report)`` runs after each epoch; returning True cancels the run, which
-    then still ends with its best model folder written.
+    then still ends with its best model folder written. ``label_column`` is the JSONL key holding
+    the labels (an Azure job's ``target_column_name``).
     """
     task = parse_task(task)
     if not isinstance(settings, Settings):
@@ -111,7 +113,7 @@ def train(
         seed_everything(seed, settings.deterministic)
         device = select_device(settings.device)
         data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
-                                   ignore_data_errors=settings.ignore_data_errors)
+                                   ignore_data_errors=settings.ignore_data_errors, label_column=label_column)
         for report in data_.reports:
             log.info("%s", report.summary())
         write_jsonl(data_.train, run_dir / "train.jsonl", task)
