@@ -1,5 +1,5 @@
 """Sweep outputs and limits through the runner: leaderboard, best model, status, invalid draws,
-early termination keeping its best model, the sweep timeout. Uses test_sweep_runner's stand-in trainer."""
+early termination keeping its best model, the sweep timeout. Uses the stand-in trainer of sweep_helpers."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from test_sweep_runner import EPOCH_SECONDS, IGNORE_STOP, STALL_AFTER, TRAINER, _run, _trials, job_writer
+from sweep_helpers import EPOCH_SECONDS, IGNORE_STOP, STALL_AFTER, TRAINER, job_writer, run_fake, study_trials
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
@@ -41,9 +41,9 @@ def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
             learning_rate: 0.005
         """)
     run_dir = tmp_path / "run"
-    result, lines = _run(path, run_dir)
+    result, lines = run_fake(path, run_dir)
     assert result.budget == 3 and result.counts == {"completed": 3}
-    assert result.best.trial == next(t.number for t in _trials(run_dir) if t.params.get("subspace") == 1)
+    assert result.best.trial == next(t.number for t in study_trials(run_dir) if t.params.get("subspace") == 1)
     assert result.best.config == {"model_name": "resnet34", "learning_rate": 0.005}
     assert abs(result.best.score - (1 - 0.2 / 3)) < 1e-9 and result.best.best_epoch == 2
     # The best trial's model folder is copied to a stable place, with a record of where it came from.
@@ -53,7 +53,7 @@ def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
     assert [r["trial"] for r in rows][0] == str(result.best.trial) and len(rows) == 3
     assert {r["model_name"] for r in rows} == {"resnet18", "mobilenetv2", "resnet34"}
     assert any(line.startswith("#  trial  status") for line in "\n".join(lines).splitlines())
-    for trial in _trials(run_dir):
+    for trial in study_trials(run_dir):
         record = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "trial.json").read_text())
         assert record["status"] == "completed" and record["epochs_run"] == 3
     status = sweep_status(run_dir)
@@ -74,7 +74,7 @@ def test_sampled_settings_the_schema_rejects_fail_without_a_process(job_file, tm
         """)
     job = load_job(path)
     assert any("train_crop_size == valid_crop_size" in n for n in job.notes)
-    result, _ = _run(path, tmp_path / "run")
+    result, _ = run_fake(path, tmp_path / "run")
     assert result.counts == {"completed": 2, "failed": 2}
     failed = [r for r in result.rows if r.status == "failed"]
     assert all("did not start" in r.note and "train_crop_size == valid_crop_size" in r.note for r in failed)
@@ -97,14 +97,14 @@ def test_bandit_cancels_a_poor_trial_which_keeps_its_metrics_and_best_model(job_
         search_space:
           - learning_rate: "choice(0.005, 0.02)"
         """)
-    result, _ = _run(path, tmp_path / "run")
+    result, _ = run_fake(path, tmp_path / "run")
     good, poor = result.rows
     assert good.config["learning_rate"] == 0.005 and good.status == "completed" and good.epochs_run == 4
     # Interval 2: the best value there is 0.9, the poor trial's best 0.3 is below 0.9 / 1.1.
     assert poor.status == "cancelled" and poor.epochs_run == 2 and abs(poor.score - 0.3) < 1e-9
     assert poor.note == "early termination by bandit at interval 2"
     assert float((Path(poor.model_dir) / "weights.txt").read_text()) == poor.score
-    poor_trial = next(t for t in _trials(tmp_path / "run") if t.number == poor.trial)
+    poor_trial = next(t for t in study_trials(tmp_path / "run") if t.number == poor.trial)
     assert poor_trial.state == optuna.trial.TrialState.PRUNED
     assert list(poor_trial.intermediate_values) == [1, 2] and abs(poor_trial.intermediate_values[2] - 0.3) < 1e-9
 
@@ -118,7 +118,7 @@ def test_timeout_stops_running_trials_cleanly(job_file, tmp_path, monkeypatch):
         search_space: [{model_name: "choice('resnet18', 'resnet34')"}]
         """)
     started = time.time()
-    result, lines = _run(path, tmp_path / "run")
+    result, lines = run_fake(path, tmp_path / "run")
     assert result.timed_out and time.time() - started < 30
     assert result.counts == {"cancelled": 2}  # two ran side by side, none started after the timeout
     for row in result.rows:
@@ -132,9 +132,9 @@ def test_a_run_folder_keeps_its_job(job_file, tmp_path):
         training_parameters: {number_of_epochs: 1, learning_rate: %s}
         """
     run_dir = tmp_path / "run"
-    _run(job_file(body % 0.005), run_dir)
+    run_fake(job_file(body % 0.005), run_dir)
     with pytest.raises(SettingsError, match="holds the sweep of a different job"):
-        _run(job_file(body % 0.006, "changed.yml"), run_dir)
+        run_fake(job_file(body % 0.006, "changed.yml"), run_dir)
 
 
 def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_file, tmp_path, monkeypatch):
@@ -146,7 +146,7 @@ def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_fi
         training_parameters: {number_of_epochs: 5, learning_rate: 0.005}
         """)
     started = time.time()
-    result, _ = _run(path, tmp_path / "run", stop_grace_s=0.5)
+    result, _ = run_fake(path, tmp_path / "run", stop_grace_s=0.5)
     assert time.time() - started < 30
     (row,) = result.rows
     assert row.status == "cancelled" and abs(row.score - 0.8) < 1e-9  # its one report, 1 - 0.2 / 1
@@ -161,7 +161,7 @@ def test_automode_runs_its_default_configurations_first(job_file, tmp_path):
         """)
     result = run_sweep(load_job(path), tmp_path / "run", trainer=TRAINER, devices=[], progress=lambda line: None,
                        hardware=Hardware(gpus=0, gpu_memory_gib=0, cpus=2), poll_interval_s=0.05)
-    by_slot = {t.user_attrs[attrs.SLOT]: t.user_attrs[attrs.CONFIG] for t in _trials(tmp_path / "run")}
+    by_slot = {t.user_attrs[attrs.SLOT]: t.user_attrs[attrs.CONFIG] for t in study_trials(tmp_path / "run")}
     assert by_slot[0] == {"model_name": "mobilenetv2", "learning_rate": 0.01}
     assert by_slot[1] == {"model_name": "resnet18", "learning_rate": 0.01}
     assert {by_slot[2]["model_name"], by_slot[3]["model_name"]} <= {"mobilenetv2", "resnet18"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from test_sweep_runner import EPOCH_SECONDS, _counted, _worker, job_writer
+from sweep_helpers import EPOCH_SECONDS, counted, job_writer, start_worker
 from visionsweep.sweep import attrs
 
 
@@ -20,7 +20,7 @@ def job_file(tmp_path):
 
 
 def _two_workers(path: Path, tmp_path: Path, storage: str, study_name: str):
-    workers = [_worker(path, tmp_path / f"worker{i}", "--storage", storage, "--study-name", study_name)
+    workers = [start_worker(path, tmp_path / f"worker{i}", "--storage", storage, "--study-name", study_name)
                for i in range(2)]
     outputs = [w.communicate(timeout=120)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
@@ -28,12 +28,12 @@ def _two_workers(path: Path, tmp_path: Path, storage: str, study_name: str):
 
 
 def _check_shared_sweep(trials, budget):
-    counted = _counted(trials)
-    assert len(counted) == budget
-    assert sorted(t.user_attrs[attrs.SLOT] for t in counted) == list(range(budget))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
-    assert len({json.dumps(t.user_attrs[attrs.CONFIG], sort_keys=True) for t in counted}) == budget
-    workers = [t.user_attrs[attrs.WORKER] for t in counted]
+    budgeted = counted(trials)
+    assert len(budgeted) == budget
+    assert sorted(t.user_attrs[attrs.SLOT] for t in budgeted) == list(range(budget))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in budgeted)
+    assert len({json.dumps(t.user_attrs[attrs.CONFIG], sort_keys=True) for t in budgeted}) == budget
+    workers = [t.user_attrs[attrs.WORKER] for t in budgeted]
     assert len(set(workers)) == 2, workers  # both took part
 
 
