@@ -1,7 +1,9 @@
 """The sweep runner end to end, with the stand-in trainer of ``sweep_helpers``: every trial is a
-real process. Failure isolation, sampling through the runner, resume after a kill."""
+real process. Failure isolation, sampling through the runner, resume after a kill, devices."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 from pathlib import Path
 
@@ -12,7 +14,9 @@ from sweep_helpers import (
     EPOCH_SECONDS, EXITS, KILLED, NO_MEMORY, RAISES, counted, job_writer, run_fake, start_worker, study_trials,
     wait_for,
 )
+from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
+from visionsweep.sweep.runner import visible_device_ids
 from visionsweep.sweep.status import sweep_status
 
 
@@ -149,3 +153,73 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(job_file, tmp_
         assert config is None or rerun.user_attrs[attrs.CONFIG] == config  # None: killed before it drew
     assert any("will be re-run" in line for line in lines)
     assert len(result.rows) == 6 and sweep_status(run_dir).finished
+
+
+# --- devices (no GPU is used: the stand-in trainer only records what it was given) ------------------------
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_each_trial_gets_a_gpu_of_its_own_and_no_more_trials_than_gpus(job_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(EPOCH_SECONDS, "0.3")
+    path = job_file("""\
+        limits: {max_trials: 5, max_concurrent_trials: 3}
+        training_parameters: {number_of_epochs: 3}
+        sweep: {sampling_algorithm: {type: random, seed: 1}}
+        search_space: [{learning_rate: "uniform(0.004, 0.006)"}]
+        """)
+    run_dir = tmp_path / "run"
+    result, lines = run_fake(path, run_dir, devices=["3", "5"])
+    assert result.counts == {"completed": 5}
+    assert "2 GPU(s): running 2 trials at a time, one per GPU (max_concurrent_trials 3)" in lines
+    spans = []
+    for trial in study_trials(run_dir):
+        environment = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "environment.json").read_text())
+        start = trial.user_attrs[attrs.STARTED]
+        spans.append((start, start + trial.user_attrs[attrs.DURATION], environment["CUDA_VISIBLE_DEVICES"]))
+        # The runner shares out CPU threads only for CPU trials; a GPU trial keeps the user's setting.
+        assert environment["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS")
+    assert {device for _, _, device in spans} == {"3", "5"}
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if _overlap(a, b)]
+    assert overlapping  # trials did run side by side ...
+    assert all(a[2] != b[2] for a, b in overlapping)  # ... never two on one GPU
+    assert all(sum(s[0] <= start < s[1] for s in spans) <= 2 for start, _, _ in spans)  # at most 2 at once
+
+
+def test_cpu_trials_share_the_cores_out(job_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = job_file("""\
+        limits: {max_trials: 2, max_concurrent_trials: 2}
+        training_parameters: {number_of_epochs: 1}
+        sweep: {sampling_algorithm: grid}
+        search_space: [{learning_rate: "choice(0.004, 0.006)"}]
+        """)
+    run_dir = tmp_path / "run"
+    run_fake(path, run_dir)
+    for trial in study_trials(run_dir):
+        environment = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "environment.json").read_text())
+        assert environment == {"CUDA_VISIBLE_DEVICES": None, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_detected_gpus_keep_the_users_cuda_visible_devices():
+    assert visible_device_ids(2, None) == ["0", "1"]
+    # Under CUDA_VISIBLE_DEVICES=2,3 the trials must get GPUs 2 and 3, not 0 and 1.
+    assert visible_device_ids(2, "2,3") == ["2", "3"]
+    assert visible_device_ids(1, "GPU-8f1c, 7") == ["GPU-8f1c"]  # CUDA saw one: it stops at a bad entry
+    assert visible_device_ids(0, "") == []
+
+
+def test_a_device_pinned_in_the_job_is_refused_on_gpus_before_any_trial(job_file, tmp_path):
+    path = job_file("""\
+        limits: {max_trials: 1}
+        training_parameters: {number_of_epochs: 1, learning_rate: 0.005, device: "cuda:1"}
+        """)
+    with pytest.raises(SettingsError, match=r"device: cuda:1 pins every trial .* --devices 1"):
+        run_fake(path, tmp_path / "run", devices=["0", "1"])
+    assert not (tmp_path / "run" / "trials").exists()
+    # On CPU the setting reaches the trainer unchanged (which then says that there is no GPU).
+    result, _ = run_fake(path, tmp_path / "cpu")
+    assert result.counts == {"completed": 1}

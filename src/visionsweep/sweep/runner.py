@@ -157,6 +157,7 @@ class _Worker:
         self._read_or_write_sweep_file()
         self.study, self.plan = self._open()
         self.devices = list(_detect_devices() if self.devices is None else self.devices)
+        _check_device_setting(self.job.base_settings(), self.devices)
         width = min(self.job.limits.max_concurrent_trials, self.plan.budget)
         if self.devices and len(self.devices) < width:
             self.progress(f"{len(self.devices)} GPU(s): running {len(self.devices)} trials at a time, one per GPU "
@@ -483,9 +484,34 @@ def _stored_plan(storage: Any, study_name: str) -> dict[str, Any] | None:
 
 
 def _detect_devices() -> list[str]:
-    """CUDA device ids visible to this process (none when torch or CUDA is unavailable)."""
-    hardware = Hardware.detect()
-    return [str(i) for i in range(hardware.gpus)]
+    """The CUDA devices visible to this process, as values for a trial's ``CUDA_VISIBLE_DEVICES``
+    (none when torch or CUDA is unavailable)."""
+    return visible_device_ids(Hardware.detect().gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def visible_device_ids(count: int, visible: str | None) -> list[str]:
+    """What to put in each trial's ``CUDA_VISIBLE_DEVICES`` for the ``count`` GPUs this process sees.
+
+    A trial's ``CUDA_VISIBLE_DEVICES`` names devices of the whole machine, not positions among this
+    process's visible devices: under ``CUDA_VISIBLE_DEVICES=2,3`` the two GPUs are ``"2"`` and
+    ``"3"``, and a trial given ``"0"`` would land on GPU 0, which the user kept out. CUDA stops at
+    the first invalid entry of the list, so the first ``count`` entries are the devices it sees.
+    """
+    if visible is None:
+        return [str(i) for i in range(count)]
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    return entries[:count]
+
+
+def _check_device_setting(settings: dict[str, Any], devices: Sequence[str]) -> None:
+    """A trial on a GPU sees that GPU only (as ``cuda:0``): a ``device: cuda:N`` with N > 0 in the
+    job cannot work there, so it is refused before any trial starts."""
+    device = str(settings.get("device", "auto"))
+    if devices and device.startswith("cuda:") and device != "cuda:0":
+        raise SettingsError([f"device: {device} pins every trial to one GPU, but the sweep gives each trial a GPU "
+                             f"of its own ({', '.join(devices)}) through CUDA_VISIBLE_DEVICES, where it is cuda:0; "
+                             f"remove device (or use auto) and choose GPUs with --devices "
+                             f"{device.split(':', 1)[1]}"], context="job file")
 
 
 def _death(code: int | None, log_path: Path) -> dict[str, Any]:
@@ -554,4 +580,4 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-__all__ = ["DEFAULT_TRAINER", "SweepResult", "classify_error", "read_sweep_file", "run_sweep"]
+__all__ = ["DEFAULT_TRAINER", "SweepResult", "classify_error", "read_sweep_file", "run_sweep", "visible_device_ids"]
