@@ -17,7 +17,7 @@ from visionsweep.training import train
 from visionsweep.training.checkpoint import load_checkpoint, load_for_incremental_training
 from visionsweep.training.classification import class_weights
 from visionsweep.training.early_stopping import EarlyStopping
-from visionsweep.training.loop import LoopConfig, fit
+from visionsweep.training.loop import LoopConfig, TaskOps, fit
 from visionsweep.training.optim import build_optimizer, parameter_groups
 from visionsweep.training.schedulers import Schedule, step_factor, warmup_cosine_factor
 
@@ -100,7 +100,7 @@ def test_nan_is_never_best():
 
 # --- the loop on a toy problem ------------------------------------------------------------------
 
-class _ToyOps:
+class _ToyOps(TaskOps):
     """Linear regression; ``scores`` scripts the validation metric per evaluation."""
 
     def __init__(self, scores=None):
@@ -115,8 +115,6 @@ class _ToyOps:
         self.evaluated_at.append(len(self.evaluated_at))
         return {"score": self.scores.pop(0) if self.scores else 0.0}
 
-    def training_metrics(self):
-        return {}
 
 
 def _toy_data(n=8):
@@ -170,6 +168,42 @@ def test_cancel_from_the_epoch_callback_keeps_the_best_weights():
                      early_stopping=False)
     assert (result.status, result.epochs_run, result.best_epoch) == ("cancelled", 3, 1)
     assert torch.equal(model.weight, snapshots[1]["weight"])
+
+
+def test_hooks_for_a_moving_average_of_weights():
+    class AveragingOps(_ToyOps):
+        """Keeps a copy of the weights updated after every optimizer step, evaluated instead of the model."""
+
+        def __init__(self, scores):
+            super().__init__(scores)
+            self.average = nn.Linear(3, 1)
+            self.steps = 0
+
+        def after_optimizer_step(self, model):
+            self.steps += 1
+            with torch.no_grad():
+                for mine, theirs in zip(self.average.parameters(), model.parameters()):
+                    mine.mul_(0.5).add_(theirs, alpha=0.5)
+
+        def weights_to_keep(self, model):
+            return self.average
+
+    model = nn.Linear(3, 1)
+    ops = AveragingOps([0.9, 0.1])
+    x, y = _toy_data()[0]
+    loader = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    kept_at_best = {}
+
+    def on_epoch_end(report, kept):
+        if report.is_best:
+            kept_at_best.update({k: v.clone() for k, v in kept.state_dict().items()})
+
+    fit(model, ops, loader, [None], optimizer, Schedule(optimizer, "step", steps_per_epoch=4, epochs=2, step_size=9),
+        LoopConfig(number_of_epochs=2, primary_metric="score", progress=False), device=torch.device("cpu"),
+        on_epoch_end=on_epoch_end)
+    assert ops.steps == 8  # one call per optimizer step
+    assert torch.equal(model.weight, kept_at_best["weight"])  # the model ends with the kept weights of epoch 0
 
 
 # --- class weights and optimizer groups ----------------------------------------------------------

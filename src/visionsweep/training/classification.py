@@ -19,6 +19,7 @@ from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.settings import Settings
 from visionsweep.training.environment import make_loader
+from visionsweep.training.loop import TaskOps
 
 FailureSink = Callable[[list[tuple[int, str]], str], None]
 
@@ -53,7 +54,7 @@ def class_weights(frequency: np.ndarray, num_images: int, *, multilabel: bool, w
     return torch.tensor(np.sqrt(raw) ** weighted_loss, dtype=torch.float32)
 
 
-class ClassificationOps:
+class ClassificationOps(TaskOps):
     """Loss and metrics of multi-class (cross-entropy, softmax) and multi-label (BCE, sigmoid) training."""
 
     def __init__(self, *, classes: Sequence[str], multilabel: bool, device: torch.device,

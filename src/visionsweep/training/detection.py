@@ -35,6 +35,7 @@ from visionsweep.models.detection import is_rcnn_detector, label_offset
 from visionsweep.models.freezing import train_mode
 from visionsweep.settings import Settings
 from visionsweep.training.environment import make_loader
+from visionsweep.training.loop import TaskOps
 
 FailureSink = Callable[[list[tuple[int, str]], str], None]
 Target = dict[str, Tensor]  # boxes (N, 4) float32 pixels, labels (N,) int64, iscrowd (N,) bool[, masks (N, H, W) uint8]
@@ -252,7 +253,7 @@ def collate_detection(items: list[DetectionItem]) -> DetectionBatch:
     )
 
 
-class DetectionOps:
+class DetectionOps(TaskOps):
     """Loss and metrics of R-CNN-family training.
 
     The loss is the plain sum of the model's loss dict. Validation predicts with the model's own

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,17 +23,29 @@ from visionsweep.training.early_stopping import EarlyStopping
 from visionsweep.training.schedulers import Schedule
 
 
-class TaskOps(Protocol):
-    """What the loop needs to know about a task."""
+class TaskOps:
+    """What the loop needs to know about a task. Subclasses implement the first three methods;
+    the hooks after them have defaults that suit most models."""
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int] | None:
         """The mean loss of one batch and its number of images; None skips a batch with no usable image."""
+        raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
         """Metrics of a full validation pass (the model is already in eval mode, gradients off)."""
+        raise NotImplementedError
 
     def training_metrics(self) -> dict[str, float]:
         """Metrics gathered on the training batches of the epoch just finished (may be empty)."""
+        return {}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to update an exponential moving average)."""
+
+    def weights_to_keep(self, model: nn.Module) -> nn.Module:
+        """The network that is evaluated, kept as the best epoch and saved: ``model`` itself, or for
+        example its moving average."""
+        return model
 
 
 @dataclass(frozen=True)
@@ -93,8 +105,9 @@ def fit(
 ) -> FitResult:
     """Train ``model`` and leave the weights of the best epoch in it.
 
-    ``on_epoch_end(report, model)`` runs after every epoch; returning True cancels the run (it still
-    ends with the best weights loaded). The best epoch's weights are kept in memory so that the
+    ``on_epoch_end(report, model)`` runs after every epoch with the weights ``ops`` keeps (see
+    ``TaskOps.weights_to_keep``); returning True cancels the run (it still ends with the best
+    weights loaded). The best epoch's weights are kept in memory so that the
     model handed back, and everything exported from it, is the best epoch rather than the last.
     """
     use_amp = config.mixed_precision and device.type == "cuda"
@@ -115,21 +128,22 @@ def fit(
                              train_duration_s=time.perf_counter() - started)
         schedule.after_epoch()
         last = epoch == config.number_of_epochs - 1
+        kept = ops.weights_to_keep(model)
         if epoch % config.evaluation_frequency == 0 or last:
-            model.eval()
+            kept.eval()
             with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
-                report.metrics = ops.evaluate(model, val_loader)
+                report.metrics = ops.evaluate(kept, val_loader)
             report.evaluated = True
             report.primary_value = float(report.metrics[config.primary_metric])
             report.is_best = stopper.update(epoch, report.primary_value)
             if report.is_best:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in kept.state_dict().items()}
                 best_metrics = report.metrics
         report.best_epoch = stopper.best_epoch
         report.best_score = stopper.best_score if stopper.best_epoch is not None else None
         report.stop_early = stopper.should_stop
         report.duration_s = time.perf_counter() - started
-        cancelled = bool(on_epoch_end(report, model)) if on_epoch_end else False
+        cancelled = bool(on_epoch_end(report, kept)) if on_epoch_end else False
         if cancelled:
             status = "cancelled"
             break
@@ -178,6 +192,7 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_optimizer_step()
+            ops.after_optimizer_step(model)
         if images_seen and (index % _CHECK_EVERY == _CHECK_EVERY - 1 or index == last):
             highest = worst.item()
             if not math.isfinite(highest) or highest > config.max_loss:
