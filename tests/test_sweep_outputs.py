@@ -109,6 +109,28 @@ def test_bandit_cancels_a_poor_trial_which_keeps_its_metrics_and_best_model(job_
     assert list(poor_trial.intermediate_values) == [1, 2] and abs(poor_trial.intermediate_values[2] - 0.3) < 1e-9
 
 
+def test_a_policy_does_not_cancel_a_trial_at_its_last_epoch(job_file, tmp_path):
+    space, _ = parse_search_space([{"learning_rate": "choice(0.005, 0.02)"}])
+    seed = next(s for s in range(100) if assigned_points(SamplingSpec("grid", seed=s), space)[0]["learning_rate"] == 0.005)
+    # As in the test above, but the poor trial's interval 2 is its last epoch: stopping it there
+    # saves nothing, so it completes (its values still reach the study for later comparisons).
+    path = job_file(f"""\
+        limits: {{max_trials: 2, max_concurrent_trials: 1}}
+        training_parameters: {{number_of_epochs: 2, model_name: resnet18}}
+        sweep:
+          sampling_algorithm: {{type: grid, seed: {seed}}}
+          early_termination: {{type: bandit, slack_factor: 0.1, delay_evaluation: 2, min_peers: 1}}
+        search_space:
+          - learning_rate: "choice(0.005, 0.02)"
+        """)
+    result, _ = run_fake(path, tmp_path / "run")
+    good, poor = result.rows
+    assert good.config["learning_rate"] == 0.005 and poor.config["learning_rate"] == 0.02
+    assert poor.status == "completed" and poor.epochs_run == 2 and abs(poor.score - 0.3) < 1e-9
+    poor_trial = next(t for t in study_trials(tmp_path / "run") if t.number == poor.trial)
+    assert poor_trial.state == optuna.trial.TrialState.COMPLETE and list(poor_trial.intermediate_values) == [1, 2]
+
+
 def test_timeout_stops_running_trials_cleanly(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.2")
     path = job_file("""\

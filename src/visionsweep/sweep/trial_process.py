@@ -72,7 +72,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         study = optuna.load_study(study_name=spec["study_name"], storage=storage,
                                   pruner=make_pruner(spec.get("policy")), sampler=optuna.samplers.RandomSampler())
         trial = optuna.trial.Trial(study, spec["trial_id"])
-        reporter = EpochReporter(trial, Path(spec["stop_file"]), (spec.get("policy") or {}).get("type"))
+        reporter = EpochReporter(trial, Path(spec["stop_file"]), (spec.get("policy") or {}).get("type"),
+                                 last_epoch=_last_epoch(spec["task"], spec["settings"]))
         trainer = import_trainer(spec["trainer"])
         kwargs: dict[str, Any] = {"settings": spec["settings"], "output": Path(spec["output"]),
                                   "epoch_callback": reporter}
@@ -113,12 +114,19 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 class EpochReporter:
-    """The ``epoch_callback`` given to the trainer: reports, asks the pruner, honours the stop file."""
+    """The ``epoch_callback`` given to the trainer: reports, asks the pruner, honours the stop file.
 
-    def __init__(self, trial: optuna.trial.Trial, stop_file: Path, policy: str | None):
+    The pruner is not asked after ``last_epoch`` (0-based, the trial's final epoch when known):
+    stopping there saves nothing, and the trial that ran its whole schedule is recorded completed
+    rather than cancelled. Its value is still reported, so that later trials compare against it.
+    """
+
+    def __init__(self, trial: optuna.trial.Trial, stop_file: Path, policy: str | None, *,
+                 last_epoch: int | None = None):
         self.trial = trial
         self.stop_file = stop_file
         self.policy = policy
+        self.last_epoch = last_epoch
         self.interval = 0
         self.intervals: list[dict[str, Any]] = []
         self.cancel_reason: str | None = None
@@ -130,7 +138,8 @@ class EpochReporter:
             value = float(value)
             self.trial.report(value, self.interval)
             self.intervals.append({"interval": self.interval, "epoch": _field(report, "epoch"), "value": value})
-            if self.trial.should_prune():
+            final = self.last_epoch is not None and _field(report, "epoch") == self.last_epoch
+            if not final and self.trial.should_prune():
                 self.cancel_reason = f"early termination by {self.policy} at interval {self.interval}"
                 return True
         if self.stop_file.exists():
@@ -179,6 +188,17 @@ def classify_error(error: BaseException) -> str:
             or "out of memory" in str(error).lower():
         return "out_of_memory"
     return "exception"
+
+
+def _last_epoch(task: str, settings: dict[str, Any]) -> int | None:
+    """The 0-based index of the trial's final epoch (None when the settings do not resolve: the
+    trainer then reports the problem itself)."""
+    from visionsweep.settings import resolve_settings
+
+    try:
+        return int(resolve_settings(task, settings).number_of_epochs) - 1
+    except (SettingsError, ValueError, TypeError):
+        return None
 
 
 def _failure(error: BaseException, reporter: "EpochReporter | None") -> dict[str, Any]:
