@@ -260,7 +260,7 @@ def test_coco_import_reports_what_it_cannot_use(tmp_path):
     (a,) = [r for r in segmentation.records if r.image_path.name == "a.png"]
     assert [o.label for o in a.objects] == ["dog"]
     assert a.objects[0].polygons == ((0.1, 0.2, 0.6, 0.2, 0.6, 0.8),)
-    assert any("RLE masks are not supported yet" in p.detail for p in segmentation.report.dropped_annotations)
+    assert any("RLE mask cannot be decoded" in p.detail for p in segmentation.report.dropped_annotations)
 
 
 def test_coco_export_needs_every_class_named(tmp_path):

@@ -173,9 +173,10 @@ def import_coco(
 
     Image ``file_name`` values resolve against ``images``, else the JSON file's folder. The class name of
     an object is its category's ``name``. ``iscrowd`` is kept. With ``task`` instance segmentation the
-    polygon ``segmentation`` is kept as normalised polygons; RLE masks are reported and dropped (not
-    supported yet). An object without a usable ``bbox`` gets the box around its polygon. Images without
-    annotations are background images.
+    ``segmentation`` becomes normalised polygons: polygon lists as they are, RLE masks (compressed or
+    not, typically the crowd objects) traced into polygons with holes as extra segments (exact up to the
+    pixel grid; see ``inference.masks.mask_to_polygons``). An object without a usable ``bbox`` gets the
+    box around its polygon. Images without annotations are background images.
     """
     source = Path(source)
     task = Task(task)
@@ -221,8 +222,9 @@ def export_coco(records: Iterable[ImageRecord], classes: Sequence[str], path: st
 
     Category ids are 1, 2, ... in the order of ``classes`` (which must name every class of the records);
     image and annotation ids start at 1. Boxes become pixel [x, y, width, height] with ``area`` = width x
-    height, or the polygon area when the object has polygons (then written as pixel ``segmentation``).
-    ``file_name`` is relative to the file's folder when the image lies below it, absolute otherwise, so
+    height, or the polygon area when the object has polygons (then written as pixel ``segmentation``;
+    an object whose segments overlap, i.e. has holes under our XOR rule, is written as an RLE mask
+    because COCO unites polygons). ``file_name`` is relative to the file's folder when the image lies below it, absolute otherwise, so
     ``import_coco(path)`` reads the same records back. Image sizes come from the records or the files.
     """
     path = Path(path)
@@ -544,12 +546,14 @@ def _coco_objects(item: _Pending, size: tuple[int, int], report: DataReport, *, 
         if name is None:
             drop(f"category_id {annotation.get('category_id')!r} is not in 'categories'")
             continue
-        polygons, problem = _coco_segmentation(annotation.get("segmentation"), width, height)
+        bbox = annotation.get("bbox")
+        has_bbox = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+        polygons, problem = _coco_segmentation(annotation.get("segmentation"), width, height,
+                                               trace_rle=task is Task.INSTANCE_SEGMENTATION or not has_bbox)
         if task is Task.INSTANCE_SEGMENTATION and not polygons:
             drop(f"{name!r}: {problem}; instance segmentation needs polygons")
             continue
-        bbox = annotation.get("bbox")
-        if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox):
+        if has_bbox:
             x, y, w, h = (float(v) for v in bbox)
             pixels = (x, y, x + w, y + h)
         elif polygons:
@@ -568,15 +572,17 @@ def _coco_objects(item: _Pending, size: tuple[int, int], report: DataReport, *, 
     return _keep_objects(item, objects, len(item.lines), report)
 
 
-def _coco_segmentation(value: Any, width: int, height: int) -> tuple[tuple[tuple[float, ...], ...], str]:
+def _coco_segmentation(value: Any, width: int, height: int, *,
+                       trace_rle: bool = True) -> tuple[tuple[tuple[float, ...], ...], str]:
     """Normalised polygon segments of a COCO ``segmentation`` (empty with a reason when none is usable).
 
-    Polygon lists are supported; RLE masks (dicts) are where mask decoding plugs in for segmentation.
-    Points less than a pixel outside the image are clipped (rounding); a segment with points further
-    out, or with fewer than 3 points, is left out.
+    Polygon lists: points less than a pixel outside the image are clipped (rounding); a segment with
+    points further out, or with fewer than 3 points, is left out. RLE masks (dicts with ``size`` [height,
+    width] and ``counts``) are decoded and traced when ``trace_rle`` (object detection needs only the
+    ``bbox``); their size must be the image's.
     """
     if isinstance(value, dict):
-        return (), "RLE masks are not supported yet (convert them to polygons)"
+        return _rle_segments(value, width, height) if trace_rle else ((), "an RLE mask (not read for boxes)")
     if not isinstance(value, list) or not value:
         return (), "no polygon segmentation"
     segments = []
@@ -594,6 +600,25 @@ def _coco_segmentation(value: Any, width: int, height: int) -> tuple[tuple[tuple
     return tuple(segments), "" if segments else "no polygon segment with at least 3 points inside the image"
 
 
+def _rle_segments(value: dict, width: int, height: int) -> tuple[tuple[tuple[float, ...], ...], str]:
+    """Normalised segments traced from a COCO RLE mask, or () and why not."""
+    from visionsweep.inference.masks import mask_to_polygons, normalise_segment  # scikit-image on first RLE
+
+    size, counts = value.get("size"), value.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, bytes, list))):
+        return (), "an RLE segmentation needs 'size' [height, width] and 'counts'"
+    if [int(v) for v in size] != [height, width]:
+        return (), f"the RLE mask is {size[1]}x{size[0]} but the image is {width}x{height}"
+    try:
+        rle = mask_utils.frPyObjects(value, height, width) if isinstance(counts, list) else value
+        mask = mask_utils.decode(rle)
+    except (TypeError, ValueError) as error:
+        return (), f"the RLE mask cannot be decoded ({error})"
+    # No point cap: an import keeps the outline as exact as the pixel grid allows.
+    segments = tuple(tuple(normalise_segment(s, width, height)) for s in mask_to_polygons(mask, max_points=None))
+    return segments, "" if segments else "the RLE mask is empty"
+
+
 def _coco_annotation(obj: ObjectAnnotation, annotation_id: int, image_id: int, category_id: int,
                      width: int, height: int) -> dict[str, Any]:
     x0, y0, x1, y1 = obj.box
@@ -606,4 +631,14 @@ def _coco_annotation(obj: ObjectAnnotation, annotation_id: int, image_id: int, c
         rles = mask_utils.frPyObjects(segmentation, height, width)
         annotation["segmentation"] = segmentation
         annotation["area"] = float(mask_utils.area(mask_utils.merge(rles)))
+        if len(rles) > 1:
+            # Our segments combine by XOR (an inner one is a hole), COCO's polygons by union: where they
+            # overlap, write the mask itself as RLE so other COCO tools see the same object.
+            mask = np.zeros((height, width), np.uint8)
+            for rle in rles:
+                mask ^= mask_utils.decode(rle)
+            if int(mask.sum()) != annotation["area"]:
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                annotation["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                annotation["area"] = float(mask.sum())
     return annotation

@@ -36,6 +36,18 @@ def parse_detection_label(value: Any) -> ParsedLabel:
     return parse_object_label(value, require_polygon=False)
 
 
+def parse_segmentation_label(value: Any) -> ParsedLabel:
+    """Parse the ``label`` value of an instance-segmentation record: objects need a usable polygon.
+
+    ``{"label": "cat", "isCrowd": 0, "polygon": [[x1, y1, x2, y2, x3, y3, ...], [...]]}`` with normalised
+    coordinates. A segment with fewer than 3 points or a value outside [0, 1] is left out (reported); an
+    object left without segments, or with only a box, is dropped; the box is derived from the kept
+    segments. An odd number of values in a segment, or a polygon that is not a list of lists of numbers,
+    makes the image unusable (spec 3.3).
+    """
+    return parse_object_label(value, require_polygon=True)
+
+
 def parse_object_label(value: Any, *, require_polygon: bool) -> ParsedLabel:
     """Parse a list of objects; the shared core of the detection and segmentation parsers.
 
@@ -160,6 +172,7 @@ def check_detection_data(data: LabeledData) -> DetectionDataStats:
 
 
 register_label_parser(Task.OBJECT_DETECTION, parse_detection_label)
+register_label_parser(Task.INSTANCE_SEGMENTATION, parse_segmentation_label)
 
 
 _CROWD_SPELLINGS = {"1": True, "true": True, "0": False, "false": False}
