@@ -7,6 +7,7 @@ from torch import nn
 
 from visionsweep.models import classification  # noqa: F401  (registers the classification models)
 from visionsweep.models import detection  # noqa: F401  (registers the R-CNN detectors)
+from visionsweep.models.yolo import registration  # noqa: F401  (registers yolov5)
 from visionsweep.models.registry import ModelSpec, build_model, get_model_spec, is_model, list_models, register_model
 from visionsweep.tasks import Task, parse_task
 

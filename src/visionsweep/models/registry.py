@@ -19,6 +19,8 @@ from visionsweep.tasks import Task
 
 Builder = Callable[..., nn.Module]
 StateAdapter = Callable[[dict[str, Any], nn.Module], dict[str, Any]]
+# One source for the model, or a function of the resolved settings (YOLOv5 has one file per model_size).
+WeightsChoice = WeightsSource | Callable[[Mapping[str, Any]], WeightsSource | None] | None
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,15 @@ class ModelSpec:
     ``layer_groups`` are the ordered parameter-name prefixes that ``layers_to_freeze`` counts;
     ``head_prefixes`` name the class-dependent layers that pretrained weights never fill;
     ``adapt_pretrained`` reshapes a pretrained state dict to the built model (e.g. a ViT's
-    position embedding for another input size).
+    position embedding for another input size). ``weights`` is one source, or a function choosing it
+    from the settings (see ``weights_source``).
     """
 
     name: str
     task_family: str  # "classification", "detection" or "segmentation"
     builder: Builder
     layer_groups: tuple[tuple[str, ...], ...]
-    weights: WeightsSource | None
+    weights: WeightsChoice
     head_prefixes: tuple[str, ...] = ()
     adapt_pretrained: StateAdapter | None = None
     builder_args: tuple[str, ...] = field(default=())
@@ -43,6 +46,10 @@ class ModelSpec:
     @property
     def tasks(self) -> tuple[Task, ...]:
         return _FAMILY_TASKS[self.task_family]
+
+    def weights_source(self, settings: Mapping[str, Any]) -> WeightsSource | None:
+        """The pretrained weights a model built with these settings starts from (None: none published)."""
+        return self.weights(settings) if callable(self.weights) else self.weights
 
 
 _FAMILY_TASKS = {
@@ -58,7 +65,7 @@ def register_model(
     *,
     task_family: str,
     layer_groups: tuple[tuple[str, ...], ...],
-    weights: WeightsSource | None = None,
+    weights: WeightsChoice = None,
     head_prefixes: tuple[str, ...] = (),
     adapt_pretrained: StateAdapter | None = None,
 ) -> Callable[[Builder], Builder]:
@@ -109,7 +116,7 @@ def build_model(
         raise SettingsError([f"num_classes: got {num_classes}; a model needs at least one class"])
     model = spec.builder(num_classes, **{key: settings[key] for key in spec.builder_args if key in settings})
     if pretrained:
-        load_pretrained(model, spec.name, spec.weights, pretrained_weights,
+        load_pretrained(model, spec.name, spec.weights_source(settings), pretrained_weights,
                         skip_prefixes=spec.head_prefixes, adapt=spec.adapt_pretrained)
     if layers_to_freeze:
         freeze_layer_groups(model, spec.name, spec.layer_groups, layers_to_freeze)

@@ -25,11 +25,16 @@ _DOWNLOAD_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a model's pretrained weights live: a direct ``url``, or a file in a Hugging Face ``hf_repo``."""
+    """Where a model's pretrained weights live: a direct ``url``, or a file in a Hugging Face ``hf_repo``.
+
+    ``reader`` turns a weights file (downloaded, cached or given explicitly) into a state dict, for models
+    whose published files are not plain state dicts; without it ``read_state_dict`` reads them.
+    """
 
     filename: str
     url: str | None = None
     hf_repo: str | None = None
+    reader: Callable[[Path], dict[str, torch.Tensor]] | None = None
 
     def cache_path(self) -> Path:
         """Where the file is (or would be) in the local cache."""
@@ -133,7 +138,7 @@ def load_pretrained(
     which means the file belongs to another architecture.
     """
     path = find_weights(model_name, source, explicit_file)
-    state = read_state_dict(path)
+    state = source.reader(path) if source is not None and source.reader is not None else read_state_dict(path)
     if adapt is not None:
         state = adapt(state, model)
     loaded = load_matching(model, state, skip_prefixes=skip_prefixes)
