@@ -46,6 +46,7 @@ from visionsweep.training.environment import seed_everything, select_device
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule
+from visionsweep.training.yolo import yolo_pipeline
 from visionsweep.utils import json_ready, write_json
 
 log = logging.getLogger("visionsweep")
@@ -59,6 +60,8 @@ _PIPELINES: dict[Task, Callable[..., tuple[Any, Any, Any]]] = {
     Task.MULTILABEL: classification_pipeline,
     Task.OBJECT_DETECTION: detection_pipeline,
 }
+# Models whose pipeline differs from their task's, by model_name (same signature).
+_MODEL_PIPELINES: dict[str, Callable[..., tuple[Any, Any, Any]]] = {"yolov5": yolo_pipeline}
 
 
 def register_pipeline(task: Task, pipeline: Callable[..., tuple[Any, Any, Any]]) -> None:
@@ -135,8 +138,9 @@ def _train(task: Task, settings: Settings, data: TrainingData, run_dir: Path, de
         loaded = load_for_incremental_training(model, settings.model_name, checkpoint)
         log.info("incremental training: %d tensors loaded from %s", len(loaded), checkpoint)
     model.to(device)
-    train_loader, val_loader, ops = _PIPELINES[task](settings, data.train, data.validation, data.classes, device,
-                                                     runtime.record)
+    pipeline = _MODEL_PIPELINES.get(settings.model_name, _PIPELINES[task])
+    train_loader, val_loader, ops = pipeline(settings, data.train, data.validation, data.classes, device,
+                                             runtime.record)
     optimizer = build_optimizer(model, settings.optimizer, learning_rate=settings.learning_rate,
                                 weight_decay=settings.weight_decay, momentum=settings.momentum,
                                 nesterov=settings.nesterov, beta1=settings.beta1, beta2=settings.beta2,
