@@ -15,6 +15,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.errors import SettingsError
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
+from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.settings import resolve_settings
@@ -28,6 +29,8 @@ _INFERENCE: dict[Task, ModuleType] = {
     Task.MULTILABEL: classification_inference,
     Task.OBJECT_DETECTION: detection_inference,
 }
+# Models whose prediction differs from their task's, by model_name (same functions).
+_MODEL_INFERENCE: dict[str, ModuleType] = {"yolov5": yolo_inference}
 
 
 def register_inference(task: Task, module: ModuleType) -> None:
@@ -55,7 +58,7 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     output.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with output.open("w", encoding="utf-8") as out:
-        for line in _inference(trained.task).predict_lines(trained, records, report):
+        for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report):
             out.write(json.dumps(json_ready(line)) + "\n")
             count += 1
     return PredictionResult(output=output, images=count, report=report)
@@ -73,7 +76,8 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
     if model is not None:
         trained = load_trained_model(model, overrides=settings)
         labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors)
-        metrics = _inference(trained.task).evaluate_model(trained, labelled.records, labelled.report)
+        metrics = _inference(trained.task, trained.model_name).evaluate_model(trained, labelled.records,
+                                                                              labelled.report)
         return metrics, labelled.report
     if task is None:
         raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
@@ -97,7 +101,9 @@ def convert(source_format: str, source: str | Path, output: str | Path, **option
     return _convert(source_format, source, output, **options)
 
 
-def _inference(task: Task) -> ModuleType:
+def _inference(task: Task, model_name: str | None = None) -> ModuleType:
+    if model_name in _MODEL_INFERENCE:
+        return _MODEL_INFERENCE[model_name]
     if task not in _INFERENCE:
         raise NotImplementedError(f"prediction for {task} is not implemented yet")
     return _INFERENCE[task]
