@@ -1,5 +1,6 @@
-"""The R-CNN family of object detectors: Faster R-CNN on ResNet-18/34/50/101/152 with FPN, and RetinaNet
-on ResNet-50 with FPN, built from torchvision parts the way the reference builds them (spec 2.1-2.6).
+"""The R-CNN family of object detectors: Faster R-CNN on ResNet-18/34/50/101/152 with FPN, RetinaNet
+on ResNet-50 with FPN, and (instance segmentation) Mask R-CNN on ResNet-18/34/50/101/152 with FPN, built
+from torchvision parts the way the reference builds them (spec 2.1-2.6).
 
 Contract of every model built here:
 
@@ -12,8 +13,10 @@ Contract of every model built here:
 * Eval mode: per image ``{"boxes": (K, 4), "labels": (K,), "scores": (K,)}``, boxes in pixels of the
   input frame (clipped to it), at most ``box_detections_per_img``, scores above ``box_score_thresh``,
   after class-wise NMS at ``nms_iou_thresh``.
+* Mask R-CNN also takes ``"masks": (N, H, W) uint8`` (1 inside the object) in training targets, and
+  returns ``"masks": (K, 1, H, W)`` float mask probabilities pasted into the input frame in eval mode.
 
-Class indices: Faster R-CNN reserves index 0 for the background, so dataset class ``i`` is model label
+Class indices: Faster and Mask R-CNN reserve index 0 for the background, so dataset class ``i`` is model label
 ``i + 1`` and the network has one class more than the data; RetinaNet has no background class (model
 label ``i`` is class ``i``). ``label_offset(model_name)`` says which.
 
@@ -23,9 +26,10 @@ from scratch); by default ``conv1`` and ``layer1`` are frozen and ``layer2``-``l
 other parameter trainable (0 freezes nothing).
 
 Pretrained weights: the ResNet-50 detectors start from torchvision's COCO weights (only the
-class-dependent last layer is fresh). For ResNet-18/34/101/152 no public COCO detector exists (the
-reference's were trained by the vendor), so they start from ImageNet weights of the backbone (the same
-files as the classification ResNets) and the FPN and heads start fresh.
+class-dependent last layer is fresh; for Mask R-CNN also the whole mask predictor, as the reference
+replaces it). For ResNet-18/34/101/152 no public COCO detector exists (the reference's were trained by
+the vendor), so they start from ImageNet weights of the backbone (the same files as the classification
+ResNets) and the FPN and heads start fresh.
 """
 from __future__ import annotations
 
@@ -33,9 +37,11 @@ from typing import Any
 
 import torchvision.models as tvm
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone as _torchvision_resnet_fpn
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -52,13 +58,18 @@ RESNET_BACKBONE_GROUPS = tuple((f"backbone.body.{stage}.",) for stage in ("conv1
 # Without layers_to_freeze, the reference trains the last three stages: layer2, layer3, layer4.
 DEFAULT_TRAINABLE_STAGES = 3
 FASTER_RCNN_HEAD = ("roi_heads.box_predictor.",)
+# The reference replaces the whole mask predictor (its upsampling deconvolution too), not only the logits.
+MASK_RCNN_HEAD = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
+# Hidden width of the mask predictor; the reference's setting for it is never read, so it is always 256.
+MASK_PREDICTOR_HIDDEN = 256
 RETINANET_HEAD = ("head.classification_head.cls_logits.",)
 
 _LABEL_OFFSETS: dict[str, int] = {}
 
 
 def label_offset(model_name: str) -> int:
-    """The model label of dataset class 0: 1 for Faster R-CNN (0 is the background), 0 for RetinaNet.
+    """The model label of dataset class 0: 1 for Faster and Mask R-CNN (0 is the background), 0 for
+    RetinaNet.
 
     Raises ``KeyError`` for a model that is not an R-CNN-family detector.
     """
@@ -104,6 +115,21 @@ def build_faster_rcnn(depth: int, num_classes: int, *, min_size: int = 600, max_
     model = FasterRCNN(resnet_fpn_backbone(depth, trainable_stages=trainable_stages), num_classes=num_classes + 1,
                        min_size=min_size, max_size=max_size, box_score_thresh=box_score_thresh,
                        box_nms_thresh=nms_iou_thresh, box_detections_per_img=box_detections_per_img)
+    return _prepared_outside(model, depth)
+
+
+def build_mask_rcnn(depth: int, num_classes: int, *, min_size: int = 600, max_size: int = 1333,
+                    box_score_thresh: float = 0.3, nms_iou_thresh: float = 0.5, box_detections_per_img: int = 100,
+                    trainable_stages: int = DEFAULT_TRAINABLE_STAGES) -> MaskRCNN:
+    """Mask R-CNN ResNet-``depth`` FPN for ``num_classes`` dataset classes (plus the background): the
+    Faster R-CNN of ``build_faster_rcnn`` with torchvision's mask branch (RoIAlign 14x14 over levels
+    "0".."3", four 3x3 convolutions of 256 channels, 28x28 mask logits per class) and a fresh
+    ``MaskRCNNPredictor(256, 256, num_classes + 1)`` (spec 2.4)."""
+    model = MaskRCNN(resnet_fpn_backbone(depth, trainable_stages=trainable_stages), num_classes=None,
+                     min_size=min_size, max_size=max_size, box_score_thresh=box_score_thresh,
+                     box_nms_thresh=nms_iou_thresh, box_detections_per_img=box_detections_per_img,
+                     box_predictor=FastRCNNPredictor(1024, num_classes + 1),
+                     mask_predictor=MaskRCNNPredictor(256, MASK_PREDICTOR_HIDDEN, num_classes + 1))
     return _prepared_outside(model, depth)
 
 
@@ -166,6 +192,28 @@ for _depth in RESNET_DEPTHS:
     _source = _coco(tvm.detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1) if _depth == 50 else _imagenet(_depth)
     register_model(_name, task_family="detection", layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
                    head_prefixes=FASTER_RCNN_HEAD, adapt_pretrained=backbone_state)(_faster_rcnn_builder(_depth))
+    _LABEL_OFFSETS[_name] = 1
+
+
+def _mask_rcnn_builder(depth: int):
+    def build(num_classes: int, *, min_size: int = 600, max_size: int = 1333, box_score_thresh: float = 0.3,
+              nms_iou_thresh: float = 0.5, box_detections_per_img: int = 100,
+              layers_to_freeze: int | None = None) -> MaskRCNN:
+        return build_mask_rcnn(depth, num_classes, min_size=min_size, max_size=max_size,
+                               box_score_thresh=box_score_thresh, nms_iou_thresh=nms_iou_thresh,
+                               box_detections_per_img=box_detections_per_img,
+                               trainable_stages=_trainable_stages(layers_to_freeze))
+
+    build.__name__ = build.__qualname__ = f"maskrcnn_resnet{depth}_fpn"
+    build.__doc__ = f"Mask R-CNN ResNet-{depth} FPN; see ``build_mask_rcnn``."
+    return build
+
+
+for _depth in RESNET_DEPTHS:
+    _name = f"maskrcnn_resnet{_depth}_fpn"
+    _source = _coco(tvm.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1) if _depth == 50 else _imagenet(_depth)
+    register_model(_name, task_family="segmentation", layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
+                   head_prefixes=MASK_RCNN_HEAD, adapt_pretrained=backbone_state)(_mask_rcnn_builder(_depth))
     _LABEL_OFFSETS[_name] = 1
 
 
