@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,6 +24,7 @@ import torch
 from visionsweep.data import report as reasons
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
+from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import evaluate_detections
 from visionsweep.inference.model_folder import TrainedModel
@@ -31,6 +33,7 @@ from visionsweep.models.detection import label_offset
 from visionsweep.tasks import Task
 from visionsweep.training.detection import DetectionDataset, DetectionOps, Target, collate_detection
 from visionsweep.training.environment import make_loader
+from visionsweep.training.tiling import TileGroupDataset, TiledDetectionOps, collate_tile_groups
 
 BOX_KEYS = ("topX", "topY", "bottomX", "bottomY")
 
@@ -52,10 +55,16 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
     """Run the detector over ``records`` in order. Images that fail to decode are skipped into ``report``;
     with ``ignore_data_errors`` false in the model's settings the first one is an error."""
     settings = trained.settings
-    dataset = DetectionDataset(records, trained.labels, min_size=settings.min_size, max_size=settings.max_size,
-                               augment=False)
+    size = dict(min_size=settings.min_size, max_size=settings.max_size)
+    tiling = Tiling.from_settings(settings)
+    if tiling is None:
+        dataset = DetectionDataset(records, trained.labels, augment=False, **size)
+        collate, ops_type = collate_detection, DetectionOps
+    else:  # each image with every tile; predictions come back merged, one per image (training/tiling.py)
+        dataset = TileGroupDataset(records, trained.labels, tiling, every_tile=True, **size)
+        collate, ops_type = collate_tile_groups, partial(TiledDetectionOps, tiling=tiling)
     loader = make_loader(dataset, settings.validation_batch_size, shuffle=False, num_workers=settings.num_workers,
-                         collate_fn=collate_detection, device=trained.device, seed=None)
+                         collate_fn=collate, device=trained.device, seed=None)
 
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
         for index, error in failures:
@@ -63,9 +72,9 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
             if not settings.ignore_data_errors:
                 raise DataError(f"image {records[index].image_path} could not be read: {error}")
 
-    ops = DetectionOps(classes=trained.labels, label_offset=label_offset(trained.model_name), device=trained.device,
-                       metric_type="none", iou_threshold=settings.validation_iou_threshold, validation_loss=False,
-                       track_training_metrics=False, on_failures=on_failures)
+    ops = ops_type(classes=trained.labels, label_offset=label_offset(trained.model_name), device=trained.device,
+                   metric_type="none", iou_threshold=settings.validation_iou_threshold, validation_loss=False,
+                   track_training_metrics=False, on_failures=on_failures)
     trained.model.eval()
     with torch.no_grad():
         for batch, predictions in ops.predict(trained.model, loader, stage="prediction"):

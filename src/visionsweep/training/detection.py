@@ -365,6 +365,10 @@ def detection_pipeline(settings: Settings, train_records: Sequence[ImageRecord],
     for stage, records in (("training", train_records), ("validation", val_records)):
         check_detection_data(LabeledData(list(records), DataReport(source=f"the {stage} data",
                                                                    records_read=len(records), kept=len(records))))
+    if settings.tile_grid_size is not None:
+        from visionsweep.training.tiling import tiled_detection_pipeline  # it builds on this module
+
+        return tiled_detection_pipeline(settings, train_records, val_records, classes, device, on_failures)
     size = dict(min_size=settings.min_size, max_size=settings.max_size)
     train_set = DetectionDataset(train_records, classes, augment=settings.apply_automl_train_augmentations, **size)
     val_set = DetectionDataset(val_records, classes, augment=False, **size)

@@ -1,0 +1,167 @@
+"""Tiling for small-object detection: where the tiles of an image lie, and which objects each tile holds.
+
+Coordinates: a ``Tile`` is a pixel box of the original (decoded, upright) image, (x0, y0, x1, y1) with
+x1 and y1 exclusive, so the tile's pixels are ``image[y0:y1, x0:x1]``; its values are whole numbers
+held as floats. Object boxes in records are fractions of the image (x0, y0, x1, y1); objects cut to a
+tile are fractions of the tile.
+
+The layout and the cutting rules are the reference's (spec section 4.1 and 4.3):
+
+* a grid of (columns, rows) tiles with overlap ratio ``o`` has tiles of
+  ``W / (o + (1 - o) columns)`` by ``H / (o + (1 - o) rows)`` pixels, starting every ``(1 - o)`` tile
+  size, so that neighbours overlap by ``o`` of a tile and the last tile ends at the image edge; corners
+  are rounded to whole pixels (half to even); tiles come column by column (tile index =
+  column x rows + row);
+* an object belongs to a tile when its intersection with the tile is at least one pixel wide and high
+  after flooring both ends (any sliver counts, there is no minimum visible fraction); its box in the
+  tile is the un-floored intersection;
+* training and validation use the full images plus the tiles that hold at least one object (an
+  image without objects gets no tiles); prediction uses the full images plus every tile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+import numpy as np
+
+from visionsweep.data.records import ObjectAnnotation
+
+if TYPE_CHECKING:
+    from visionsweep.settings import Settings
+
+
+class Tile(NamedTuple):
+    """A tile's pixel box in its image: left, top, right, bottom (right and bottom exclusive), whole
+    numbers held as floats. Tiles compare, hash and sort as that tuple."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    def pixels(self) -> tuple[int, int, int, int]:
+        """The box as ints, for slicing ``image[:, y0:y1, x0:x1]``."""
+        return int(self.x0), int(self.y0), int(self.x1), int(self.y1)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tiling settings of a run: ``grid`` (columns, rows), ``overlap`` ratio in [0, 1) and the IoU
+    above which predictions of different tiles are duplicates (``nms_threshold``)."""
+
+    grid: tuple[int, int]
+    overlap: float = 0.25
+    nms_threshold: float = 0.25
+
+    def __post_init__(self) -> None:
+        columns, rows = self.grid
+        if columns < 1 or rows < 1 or (columns, rows) == (1, 1):
+            raise ValueError(f"tile_grid_size must be two whole numbers >= 1 and not (1, 1), got {self.grid}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"tile_overlap_ratio must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.nms_threshold <= 1.0:
+            raise ValueError(f"tile_predictions_nms_thresh must be in [0, 1], got {self.nms_threshold}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Tiling | None:
+        """The tiling of ``settings``, or None when ``tile_grid_size`` is unset (tiling off)."""
+        if settings.tile_grid_size is None:
+            return None
+        columns, rows = settings.tile_grid_size
+        return cls((int(columns), int(rows)), float(settings.tile_overlap_ratio),
+                   float(settings.tile_predictions_nms_thresh))
+
+    def layout(self, width: int, height: int) -> list[Tile]:
+        """``tile_layout`` of a (width x height) image with this grid and overlap."""
+        return tile_layout(width, height, self.grid, self.overlap)
+
+
+def tile_layout(width: int, height: int, grid: tuple[int, int], overlap: float) -> list[Tile]:
+    """The tiles of a (width x height) image for a (columns, rows) grid, column by column.
+
+    Tiles are ``width / (overlap + (1 - overlap) columns)`` wide (rows alike), start every
+    ``(1 - overlap)`` tile width from 0, and have their corners rounded half to even; the last column
+    ends at ``width`` and the last row at ``height``. Arithmetic is float32, as the reference's, so
+    that corners round the same way. Example: 640 x 480, grid (3, 2), overlap 0.25 gives (0, 0, 256,
+    274), (0, 206, 256, 480), (192, 0, 448, 274), ... (384, 206, 640, 480).
+    """
+    columns, rows = grid
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    x0, x1 = _axis(width, columns, overlap)
+    y0, y1 = _axis(height, rows, overlap)
+    return [Tile(float(a), float(c), float(b), float(d)) for a, b in zip(x0, x1) for c, d in zip(y0, y1)]
+
+
+def cut_boxes(boxes: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut pixel boxes to tiles.
+
+    ``boxes`` (N, 4) and ``tiles`` (T, 4) are (x0, y0, x1, y1) pixels of the same image. Returns
+    ``inside`` (T, N) bool, true where box n belongs to tile t (floor(x1') - floor(x0') > 0 and the same
+    for y, with (x0', y0', x1', y1') the intersection), and ``relative`` (T, N, 4), each intersection
+    relative to its tile's top-left corner and divided by the tile's size (meaningful where ``inside``).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    tiles = np.asarray(tiles, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(boxes[None, :, :2], tiles[:, None, :2])
+    bottom_right = np.minimum(boxes[None, :, 2:], tiles[:, None, 2:])
+    # Floors: a box that would be zero pixels wide once its coordinates are truncated is not in the tile.
+    inside = ((np.floor(bottom_right) - np.floor(top_left)) > 0).all(axis=2)
+    origin = tiles[:, None, :2]
+    size = tiles[:, None, 2:] - tiles[:, None, :2]
+    relative = np.concatenate([(top_left - origin) / size, (bottom_right - origin) / size], axis=2)
+    return inside, relative
+
+
+def objects_in_tiles(objects: Sequence[ObjectAnnotation], tiles: Sequence[Tile], width: int,
+                     height: int) -> list[tuple[ObjectAnnotation, ...]]:
+    """Per tile, the objects of a (width x height) image cut to it, with boxes as fractions of the tile.
+
+    Labels and crowd flags are kept; polygons are dropped (tiling is for boxes only).
+    """
+    if not objects or not tiles:
+        return [() for _ in tiles]
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    pixels = np.array([o.box for o in objects], dtype=np.float64) * scale
+    inside, relative = cut_boxes(pixels, np.array(tiles, dtype=np.float64))
+    return [tuple(replace(objects[n], box=tuple(float(v) for v in relative[t, n]), polygons=())
+                  for n in np.flatnonzero(inside[t]))
+            for t in range(len(tiles))]
+
+
+def tiles_with_objects(objects: Sequence[ObjectAnnotation], tiling: Tiling, width: int,
+                       height: int) -> list[tuple[Tile, tuple[ObjectAnnotation, ...]]]:
+    """The tiles of an image that hold at least one object, each with its objects cut to it (the tiles
+    that training and validation use); an image without objects has none."""
+    if not objects:
+        return []
+    tiles = tiling.layout(width, height)
+    return [(tile, cut) for tile, cut in zip(tiles, objects_in_tiles(objects, tiles, width, height)) if cut]
+
+
+def all_tiles(objects: Sequence[ObjectAnnotation], tiling: Tiling, width: int,
+              height: int) -> list[tuple[Tile, tuple[ObjectAnnotation, ...]]]:
+    """Every tile of an image (the tiles that prediction uses), each with its objects cut to it."""
+    tiles = tiling.layout(width, height)
+    return list(zip(tiles, objects_in_tiles(objects, tiles, width, height)))
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _axis(length: int, count: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rounded (starts, ends) of ``count`` tiles along an axis of ``length`` pixels."""
+    size = length / (overlap + (1.0 - overlap) * count)
+    starts = (np.arange(count, dtype=np.float64) * ((1.0 - overlap) * size)).astype(np.float32)
+    ends = starts + np.float32(size)
+    # The last end is ``length`` up to float32 rounding; the cap keeps it there for any image size.
+    return np.rint(starts), np.minimum(np.rint(ends), np.float32(length))
