@@ -1,9 +1,15 @@
-"""Object-detection prediction in the reference scoring format, and scoring against labels.
+"""Object-detection and instance-segmentation prediction in the reference scoring format, and scoring
+against labels.
 
 A prediction line (spec 6.1)::
 
     {"filename": "images/1.jpg",
      "boxes": [{"box": {"topX": 0.12, "topY": 0.30, "bottomX": 0.45, "bottomY": 0.77}, "label": "can", "score": 0.93}]}
+
+Instance segmentation adds ``"polygon": [[x1, y1, x2, y2, ...], ...]`` to each box: the object's mask
+(probabilities above ``mask_pixel_score_threshold``) traced into segments of at most
+``max_number_of_polygon_points`` points, normalised like the boxes (``inference/masks.py``). With
+``export_as_image`` each mask is also written as an image (``masks.mask_image_path`` names the files).
 
 Coordinates are fractions of the image width and height (the model's frame, normalised by its own size,
 which equals normalising the original image's pixels). Boxes come sorted by descending score, at most
@@ -26,13 +32,15 @@ from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
-from visionsweep.evaluation.detection import evaluate_detections
+from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
+from visionsweep.inference.masks import export_mask_images, mask_polygons, pixel_segments, polygons_to_rles
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import match_prediction_lines
 from visionsweep.models.detection import label_offset
 from visionsweep.tasks import Task
 from visionsweep.training.detection import DetectionDataset, DetectionOps, Target, collate_detection
 from visionsweep.training.environment import make_loader
+from visionsweep.training.segmentation import SegmentationDataset
 from visionsweep.training.tiling import TileGroupDataset, TiledDetectionOps, collate_tile_groups
 
 BOX_KEYS = ("topX", "topY", "bottomX", "bottomY")
@@ -41,8 +49,9 @@ BOX_KEYS = ("topX", "topY", "bottomX", "bottomY")
 @dataclass(frozen=True)
 class ImageDetections:
     """What the model found in one image: ``predictions`` boxes (K, 4) pixels of the model frame,
-    ``labels`` (K,) dataset class indices, ``scores`` (K,); ``target`` the labelled objects in the same
-    frame; sizes as (width, height)."""
+    ``labels`` (K,) dataset class indices, ``scores`` (K,) (Mask R-CNN: and ``masks`` (K, 1, H, W)
+    probabilities); ``target`` the labelled objects in the same frame (with ``masks`` for segmentation);
+    sizes as (width, height)."""
 
     record: ImageRecord
     predictions: dict[str, torch.Tensor]
@@ -59,11 +68,15 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
     tiling = Tiling.from_settings(settings)
     if tiling is None:
         dataset = DetectionDataset(records, trained.labels, augment=False, **size)
-        collate, ops_type = collate_detection, DetectionOps
+        collate, ops_type, batch_size = collate_detection, DetectionOps, settings.validation_batch_size
     else:  # each image with every tile; predictions come back merged, one per image (training/tiling.py)
         dataset = TileGroupDataset(records, trained.labels, tiling, every_tile=True, **size)
         collate, ops_type = collate_tile_groups, partial(TiledDetectionOps, tiling=tiling)
-    loader = make_loader(dataset, settings.validation_batch_size, shuffle=False, num_workers=settings.num_workers,
+        batch_size = tiling.images_per_batch(settings.validation_batch_size)
+    if trained.task is Task.INSTANCE_SEGMENTATION:  # targets with masks, for scoring with mask IoU
+        dataset = SegmentationDataset(records, trained.labels, min_size=settings.min_size,
+                                      max_size=settings.max_size, augment=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=settings.num_workers,
                          collate_fn=collate, device=trained.device, seed=None)
 
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
@@ -83,11 +96,29 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
                                       batch.image_sizes[position], batch.original_sizes[position])
 
 
-def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord],
-                  report: DataReport) -> Iterator[dict[str, Any]]:
-    """One scoring-format line per readable image, in input order."""
+def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport, *,
+                  mask_dir: str | Path | None = None) -> Iterator[dict[str, Any]]:
+    """One scoring-format line per readable image, in input order.
+
+    For instance segmentation every box also gets its ``polygon``, and with ``export_as_image`` each
+    mask is written under ``mask_dir`` (default: ``masks`` in the current folder) as
+    ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``masks.mask_image_path``).
+    """
+    settings = trained.settings
+    segmentation = trained.task is Task.INSTANCE_SEGMENTATION
     for found in detect(trained, records, report):
-        yield prediction_line(found.record.image_url, found.predictions, trained.labels, found.frame_size)
+        line = prediction_line(found.record.image_url, found.predictions, trained.labels, found.frame_size)
+        if segmentation:
+            masks = (found.predictions["masks"][:, 0] > settings.mask_pixel_score_threshold).numpy()
+            polygons = mask_polygons(masks, max_points=settings.max_number_of_polygon_points,
+                                     frame_size=found.frame_size)
+            for item, polygon in zip(line["boxes"], polygons):
+                item["polygon"] = polygon
+            if settings.export_as_image:
+                export_mask_images(Path("masks") if mask_dir is None else Path(mask_dir), found.record.image_url,
+                                   masks, [item["label"] for item in line["boxes"]],
+                                   [item["score"] for item in line["boxes"]], settings.image_type)
+        yield line
 
 
 def prediction_line(filename: str, predictions: dict[str, torch.Tensor], labels: Sequence[str],
@@ -104,23 +135,30 @@ def prediction_line(filename: str, predictions: dict[str, torch.Tensor], labels:
 def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> dict[str, Any]:
     """Metrics of the detector on labelled records, with the model's ``validation_metric_type`` (VOC when
     it is ``none``) and ``validation_iou_threshold``. Images with a class the model does not know are
-    reported and left out."""
+    reported and left out. A segmentation model is scored on masks (its probabilities cut at
+    ``mask_pixel_score_threshold``, 0.5 by default as at validation)."""
     scorable = known_class_records(records, trained.labels, report)
     if not scorable:
         raise DataError(f"no labelled image uses only the model's classes ({', '.join(trained.labels)})")
-    predictions, targets, frames, originals = [], [], [], []
+    settings = trained.settings
+    segmentation = trained.task is Task.INSTANCE_SEGMENTATION
+    evaluation = DetectionEvaluation(trained.labels,
+                                     "voc" if settings.validation_metric_type == "none"
+                                     else settings.validation_metric_type,
+                                     iou_threshold=settings.validation_iou_threshold,
+                                     iou_type="segm" if segmentation else "bbox")
+    images = 0
+    # Image by image: the evaluators keep outcomes (VOC) or RLE masks (COCO), never soft masks.
     for found in detect(trained, scorable, report):
-        predictions.append(found.predictions)
-        targets.append(found.target)
-        frames.append(found.frame_size)
-        originals.append(found.original_size)
-    if not predictions:
+        predictions = found.predictions
+        if segmentation:
+            predictions = dict(predictions, masks=predictions["masks"][:, 0] > settings.mask_pixel_score_threshold)
+        evaluation.add([predictions], [found.target], image_sizes=[found.frame_size],
+                       original_sizes=[found.original_size])
+        images += 1
+    if not images:
         raise DataError(f"no labelled image could be read.\n{report.summary()}")
-    metric_type = trained.settings.validation_metric_type
-    return evaluate_detections(predictions, targets, trained.labels,
-                               metric_type="voc" if metric_type == "none" else metric_type,
-                               iou_threshold=trained.settings.validation_iou_threshold,
-                               image_sizes=frames, original_sizes=originals)
+    return evaluation.compute()
 
 
 def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str],
@@ -148,30 +186,64 @@ def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord
     scaled by the image's own size. The classes are the union of the labelled and the predicted ones, so
     a class only the predictions name has an undefined AP (-1) and does not enter the mean. A line whose
     ``boxes`` are malformed leaves its image out (reported).
+
+    For instance segmentation every box needs a ``polygon``; predicted and labelled polygons are
+    rasterised at the image's own size (segments XOR-combined, one object at a time) and matched on
+    mask IoU.
     """
+    segmentation = task is Task.INSTANCE_SEGMENTATION
     pairs = match_prediction_lines(predictions, records, report)
-    parsed: list[tuple[ImageRecord, tuple[np.ndarray, list[str], np.ndarray]]] = []
+    parsed: list[tuple[ImageRecord, tuple[np.ndarray, list[str], np.ndarray], list[list[list[float]]]]] = []
     for record, line in pairs:
         try:
-            parsed.append((record, _read_boxes(line)))
+            parsed.append((record, _read_boxes(line), _read_polygons(line) if segmentation else []))
         except ValueError as error:
             report.skip(record.location, reasons.MALFORMED_LINE, f"{predictions}: {error}", record.image_url)
     if not parsed:
         raise DataError(f"no prediction of {predictions} can be scored.\n{report.summary()}")
-    classes = sorted({name for record, _ in parsed for name in record.class_names()}
-                     | {name for _, (_, names, _) in parsed for name in names})
+    classes = sorted({name for record, *_ in parsed for name in record.class_names()}
+                     | {name for _, (_, names, _), _ in parsed for name in names})
     index = {name: i for i, name in enumerate(classes)}
     found, truth, sizes = [], [], []
-    for record, (boxes, names, scores) in parsed:
-        scale = np.array([record.width, record.height] * 2, dtype=np.float64)
+    for record, (boxes, names, scores), polygons in parsed:
+        width, height = record.width, record.height
+        scale = np.array([width, height] * 2, dtype=np.float64)
         found.append({"boxes": boxes * scale, "labels": np.array([index[n] for n in names], dtype=np.int64),
                       "scores": scores})
         truth.append({"boxes": np.array([o.box for o in record.objects], dtype=np.float64).reshape(-1, 4) * scale,
                       "labels": np.array([index[o.label] for o in record.objects], dtype=np.int64),
                       "iscrowd": np.array([o.is_crowd for o in record.objects], dtype=bool)})
-        sizes.append((record.width, record.height))
+        if segmentation:
+            found[-1]["masks"] = polygons_to_rles([pixel_segments(p, width, height) for p in polygons], height, width)
+            truth[-1]["masks"] = polygons_to_rles([pixel_segments(o.polygons, width, height) for o in record.objects],
+                                                  height, width)
+        sizes.append((width, height))
     return evaluate_detections(found, truth, classes, metric_type=metric_type, iou_threshold=iou_threshold,
-                               image_sizes=sizes, original_sizes=sizes)
+                               iou_type="segm" if segmentation else "bbox", image_sizes=sizes, original_sizes=sizes)
+
+
+def _read_polygons(line: dict[str, Any]) -> list[list[list[float]]]:
+    """The normalised polygon of every box of a segmentation line (flat [x1, y1, ...] segments); ValueError
+    says what is wrong. Segments with fewer than 3 points enclose nothing and are left out."""
+    polygons = []
+    for number, item in enumerate(line.get("boxes") or [], start=1):
+        value = item.get("polygon") if isinstance(item, dict) else None
+        if not isinstance(value, list) or not all(isinstance(segment, list) for segment in value):
+            raise ValueError(f"box {number} needs a 'polygon': a list of segments [x1, y1, x2, y2, ...] "
+                             "(instance segmentation)")
+        segments = []
+        for segment in value:
+            try:
+                points = [float(v) for v in segment]
+            except (TypeError, ValueError):
+                raise ValueError(f"box {number} has a polygon value that is not a number") from None
+            if len(points) % 2 or not all(math.isfinite(v) for v in points):
+                raise ValueError(f"box {number} has a polygon segment with an odd number of values or a value "
+                                 "that is not finite")
+            if len(points) >= 6:
+                segments.append(points)
+        polygons.append(segments)
+    return polygons
 
 
 def _read_boxes(line: dict[str, Any]) -> tuple[np.ndarray, list[str], np.ndarray]:

@@ -10,6 +10,10 @@ normalised by its width and height, which gives the same fractions as the origin
 Targets carry DATASET class indices (0-based, no background); ``DetectionOps`` adds the model's label
 offset (1 for Faster R-CNN's background) on the way in and removes it from predictions on the way out.
 Crowd objects are trained on as ordinary objects and are ignored by the evaluation (spec section 8.6).
+
+Instance segmentation (``training/segmentation.py``) adds ``polygons`` to the target: per object a list
+of (K, 2) float64 arrays of (x, y) pixel-corner coordinates (pixel column c spans [c, c + 1)). Every
+geometric step below moves them with the boxes, so masks can be rasterised once, in the final frame.
 """
 from __future__ import annotations
 
@@ -38,7 +42,9 @@ from visionsweep.training.environment import make_loader
 from visionsweep.training.loop import TaskOps
 
 FailureSink = Callable[[list[tuple[int, str]], str], None]
-Target = dict[str, Tensor]  # boxes (N, 4) float32 pixels, labels (N,) int64, iscrowd (N,) bool[, masks (N, H, W) uint8]
+# boxes (N, 4) float32 pixels, labels (N,) int64, iscrowd (N,) bool[, masks (N, H, W) uint8][, polygons: a list
+# of N lists of (K, 2) float64 arrays, pixel-corner x, y]
+Target = dict[str, Any]
 
 # Probability of each augmentation decision (spec 3.7).
 AUGMENT_PROBABILITY = 0.5
@@ -85,7 +91,7 @@ def random_augment(image: Tensor, target: Target, rng: np.random.Generator) -> t
 
 def expand(image: Tensor, target: Target, rng: np.random.Generator) -> tuple[Tensor, Target]:
     """Paste the image at a random integer offset on a canvas ``r`` times its size, r ~ U(1, 2), filled
-    with the mean colour; boxes shift with it, masks are zero-padded."""
+    with the mean colour; boxes and polygons shift with it, masks are zero-padded."""
     _, height, width = image.shape
     ratio = rng.uniform(*EXPAND_RATIO)
     new_height, new_width = int(height * ratio), int(width * ratio)
@@ -99,6 +105,8 @@ def expand(image: Tensor, target: Target, rng: np.random.Generator) -> tuple[Ten
         masks = target["masks"].new_zeros((len(target["masks"]), new_height, new_width))
         masks[:, top:top + height, left:left + width] = target["masks"]
         target["masks"] = masks
+    if "polygons" in target:
+        target["polygons"] = _move_polygons(target["polygons"], lambda p: p + (left, top))
     return canvas, target
 
 
@@ -109,7 +117,8 @@ def crop_around_boxes(image: Tensor, target: Target, rng: np.random.Generator) -
     bottom ~ U{y_max..H} (swapped into order when needed; without boxes the whole image bounds both).
     The first with area >= 0.6 of the image and 0.5 < height / width < 2 is taken; when none qualifies
     the image is left as it is. Boxes are shifted and clipped to the window (clipping only trims the
-    fraction of a pixel lost to the truncation of the union rectangle).
+    fraction of a pixel lost to the truncation of the union rectangle); polygons are shifted only, the
+    rasteriser cuts them at the frame.
     """
     _, height, width = image.shape
     boxes = target["boxes"]
@@ -136,6 +145,8 @@ def crop_around_boxes(image: Tensor, target: Target, rng: np.random.Generator) -
     target = dict(target, boxes=torch.minimum(shifted.clamp(min=0), limit))
     if "masks" in target:
         target["masks"] = target["masks"][:, y0:y1, x0:x1]
+    if "polygons" in target:
+        target["polygons"] = _move_polygons(target["polygons"], lambda p: p - (x0, y0))
     return image[:, y0:y1, x0:x1], target
 
 
@@ -146,23 +157,27 @@ def horizontal_flip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     target = dict(target, boxes=torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1))
     if "masks" in target:
         target["masks"] = target["masks"].flip(-1)
+    if "polygons" in target:
+        target["polygons"] = _move_polygons(target["polygons"], lambda p: np.column_stack([width - p[:, 0], p[:, 1]]))
     return image.flip(-1), target
 
 
 def keep_valid_objects(target: Target, *, width: int, height: int) -> Target:
     """Keep the objects whose box satisfies 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height; every
-    per-object field (labels, crowd flags, masks) is filtered in step."""
+    per-object field (labels, crowd flags, masks, polygons) is filtered in step."""
     x0, y0, x1, y1 = target["boxes"].unbind(1)
     keep = (x0 < x1) & (y0 < y1) & (x0 >= 0) & (y0 >= 0) & (x1 <= width) & (y1 <= height)
     if bool(keep.all()):
         return target
-    return {key: value[keep] for key, value in target.items()}
+    flags = keep.tolist()
+    return {key: [v for v, k in zip(value, flags) if k] if isinstance(value, list) else value[keep]
+            for key, value in target.items()}
 
 
 def resize_for_model(image: Tensor, target: Target, *, min_size: int, max_size: int) -> tuple[Tensor, Target]:
     """torchvision's detection resize: scale = min(min_size / shorter side, max_size / longer side),
-    bilinear, output size floor(size x scale); boxes scaled by the exact ratios new / old per axis and
-    masks resized with nearest neighbour. ``image`` is (3, H, W) float."""
+    bilinear, output size floor(size x scale); boxes and polygons scaled by the exact ratios new / old
+    per axis and masks resized with nearest neighbour. ``image`` is (3, H, W) float."""
     height, width = image.shape[-2:]
     scale = min(min_size / min(height, width), max_size / max(height, width))
     resized = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
@@ -172,6 +187,9 @@ def resize_for_model(image: Tensor, target: Target, *, min_size: int, max_size: 
     target = dict(target, boxes=target["boxes"] * ratios)
     if "masks" in target and len(target["masks"]):
         target["masks"] = F.interpolate(target["masks"][:, None].float(), size=(new_height, new_width))[:, 0].byte()
+    if "polygons" in target:
+        factors = (new_width / width, new_height / height)
+        target["polygons"] = _move_polygons(target["polygons"], lambda p: p * factors)
     return resized, target
 
 
@@ -226,9 +244,14 @@ class DetectionDataset(Dataset):
             return DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}")
         height, width = image.shape[-2:]
         target = record_target(record, self.class_index, width, height)
-        image, target = prepare_image(image, target, min_size=self.min_size, max_size=self.max_size,
-                                      augment=self.augment, rng=self._generator() if self.augment else None)
+        image, target = self.prepare(image, target, record)
         return DetectionItem(index, image, target, (width, height), None)
+
+    def prepare(self, image: Tensor, target: Target, record: ImageRecord) -> tuple[Tensor, Target]:
+        """Augment (when training), resize and normalise one decoded image and its target; the
+        segmentation dataset extends this with masks."""
+        return prepare_image(image, target, min_size=self.min_size, max_size=self.max_size, augment=self.augment,
+                             rng=self._generator() if self.augment else None)
 
     def _generator(self) -> np.random.Generator:
         # One generator per process: a loader worker seeds it from its own torch seed (distinct per
@@ -260,12 +283,16 @@ class DetectionOps(TaskOps):
     thresholds (as the reference) and scores with ``DetectionEvaluation``; with ``validation_loss`` it
     also runs the model in training mode on the same batch (without gradients; the trunk's batch norm is
     frozen, so nothing in the model changes) and reports the mean loss as ``log_loss``.
+
+    With ``iou_type`` "segm" (Mask R-CNN) targets carry masks to the model, predictions keep the model's
+    soft masks (K, 1, H, W), and the evaluation matches on masks (cut at 0.5, spec 5.9).
     """
 
     def __init__(self, *, classes: Sequence[str], label_offset: int, device: torch.device, metric_type: str,
                  iou_threshold: float, validation_loss: bool, track_training_metrics: bool,
-                 on_failures: FailureSink, primary_metric: str = "mean_average_precision"):
+                 on_failures: FailureSink, primary_metric: str = "mean_average_precision", iou_type: str = "bbox"):
         self.classes = list(classes)
+        self.iou_type = iou_type
         self.label_offset = label_offset
         self.device = device
         self.metric_type = metric_type
@@ -321,7 +348,8 @@ class DetectionOps(TaskOps):
             yield batch, [self._from_model(output) for output in outputs]
 
     def new_evaluation(self) -> DetectionEvaluation:
-        return DetectionEvaluation(self.classes, self.metric_type, iou_threshold=self.iou_threshold)
+        return DetectionEvaluation(self.classes, self.metric_type, iou_threshold=self.iou_threshold,
+                                   iou_type=self.iou_type)
 
     def training_metrics(self) -> dict[str, float]:
         if self._train_evaluation is None:
@@ -348,11 +376,17 @@ class DetectionOps(TaskOps):
         targets = [{"boxes": t["boxes"].to(self.device, non_blocking=True),
                     "labels": (t["labels"] + self.label_offset).to(self.device, non_blocking=True)}
                    for t in batch.targets]
+        if self.iou_type == "segm":
+            for target, source in zip(targets, batch.targets):
+                target["masks"] = source["masks"].to(self.device, non_blocking=True)
         return images, targets
 
     def _from_model(self, output: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"boxes": output["boxes"].detach().float().cpu(), "scores": output["scores"].detach().float().cpu(),
-                "labels": output["labels"].detach().cpu() - self.label_offset}
+        found = {"boxes": output["boxes"].detach().float().cpu(), "scores": output["scores"].detach().float().cpu(),
+                 "labels": output["labels"].detach().cpu() - self.label_offset}
+        if "masks" in output:
+            found["masks"] = output["masks"].detach().float().cpu()
+        return found
 
 
 def detection_pipeline(settings: Settings, train_records: Sequence[ImageRecord], val_records: Sequence[ImageRecord],
@@ -382,6 +416,11 @@ def detection_pipeline(settings: Settings, train_records: Sequence[ImageRecord],
                        track_training_metrics=settings.log_training_metrics == "Enable", on_failures=on_failures,
                        primary_metric=settings.primary_metric)
     return train_loader, val_loader, ops
+
+
+def _move_polygons(polygons: list[list[np.ndarray]],
+                   move: Callable[[np.ndarray], np.ndarray]) -> list[list[np.ndarray]]:
+    return [[move(segment) for segment in segments] for segments in polygons]
 
 
 def _forward(model: nn.Module, images: list[Tensor], targets: list[Target]) -> dict[str, Tensor]:
