@@ -84,6 +84,15 @@ class Tiling:
         """``tile_layout`` of a (width x height) image with this grid and overlap."""
         return tile_layout(width, height, self.grid, self.overlap)
 
+    @property
+    def tiles_per_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def images_per_batch(self, batch_size: int) -> int:
+        """How many images (each with all its tiles) make a batch of about ``batch_size`` model inputs,
+        as the reference counts tiles in its batches; at least one, since an image stays with its tiles."""
+        return max(1, batch_size // (1 + self.tiles_per_image))
+
 
 def tile_layout(width: int, height: int, grid: tuple[int, int], overlap: float) -> list[Tile]:
     """The tiles of a (width x height) image for a (columns, rows) grid, column by column.
