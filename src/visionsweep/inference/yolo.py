@@ -10,6 +10,7 @@ overridden at prediction time (``box_detections_per_img`` does not apply to YOLO
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from visionsweep.data import report as reasons
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
+from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import evaluate_detections
 from visionsweep.inference.detection import ImageDetections, known_class_records, prediction_line
@@ -24,7 +26,8 @@ from visionsweep.inference.detection import score_prediction_file  # noqa: F401 
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.models.yolo import YoloLoss
 from visionsweep.training.environment import make_loader
-from visionsweep.training.yolo import ReportingYoloDataset, YoloOps, collate_yolo, refuse_tiling
+from visionsweep.training.tiling import TiledYoloGroupDataset, TiledYoloOps, collate_yolo_tile_groups
+from visionsweep.training.yolo import ReportingYoloDataset, YoloOps, collate_yolo
 
 
 def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> Iterator[ImageDetections]:
@@ -32,10 +35,16 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
     are the original (width, height). Images that fail to decode are skipped into ``report``; with
     ``ignore_data_errors`` false in the model's settings the first one is an error."""
     settings = trained.settings
-    refuse_tiling(settings)
-    dataset = ReportingYoloDataset(records, trained.labels, settings.img_size)
-    loader = make_loader(dataset, settings.validation_batch_size, shuffle=False, num_workers=settings.num_workers,
-                         collate_fn=collate_yolo, device=trained.device, seed=None)
+    tiling = Tiling.from_settings(settings)
+    if tiling is None:
+        dataset = ReportingYoloDataset(records, trained.labels, settings.img_size)
+        collate, ops_type, batch_size = collate_yolo, YoloOps, settings.validation_batch_size
+    else:  # each image with every tile; predictions come back merged, one per image (training/tiling.py)
+        dataset = TiledYoloGroupDataset(records, trained.labels, settings.img_size, tiling, every_tile=True)
+        collate, ops_type = collate_yolo_tile_groups, partial(TiledYoloOps, tiling=tiling)
+        batch_size = tiling.images_per_batch(settings.validation_batch_size)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=settings.num_workers, collate_fn=collate,
+                         device=trained.device, seed=None)
 
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
         for index, error in failures:
@@ -43,12 +52,12 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
             if not settings.ignore_data_errors:
                 raise DataError(f"image {records[index].image_path} could not be read: {error}")
 
-    ops = YoloOps(classes=trained.labels, device=trained.device, img_size=settings.img_size, make_loss=YoloLoss,
-                  multi_scale=False, seed=None, score_thresh=settings.box_score_thresh,
-                  nms_thresh=settings.nms_iou_thresh, metric_type="none",
-                  iou_threshold=settings.validation_iou_threshold, validation_loss=False,
-                  training_batch_size=settings.training_batch_size, track_training_metrics=False,
-                  on_failures=on_failures)
+    ops = ops_type(classes=trained.labels, device=trained.device, img_size=settings.img_size, make_loss=YoloLoss,
+                   multi_scale=False, seed=None, score_thresh=settings.box_score_thresh,
+                   nms_thresh=settings.nms_iou_thresh, metric_type="none",
+                   iou_threshold=settings.validation_iou_threshold, validation_loss=False,
+                   training_batch_size=settings.training_batch_size, track_training_metrics=False,
+                   on_failures=on_failures)
     trained.model.eval()
     with torch.no_grad():
         for batch, predictions in ops.predict(trained.model, loader, stage="prediction"):

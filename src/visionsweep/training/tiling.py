@@ -13,6 +13,11 @@
   downstream (validation metrics against the full-image ground truth, prediction lines, evaluation of a
   trained model) therefore sees one merged prediction per image.
 
+YOLOv5 takes the same path with its own items: training elements go through the mosaic (whose three
+partners are drawn from all elements, tiles included, as the reference), and validation / prediction
+items letterbox the full image and each tile to ``img_size``; ``TiledYoloOps`` merges the predictions,
+which YOLO gives in original pixels of each element, into the image's original pixels.
+
 Indices: items and batches carry RECORD positions (an image's tiles share its position), so that the
 failure reports of an unreadable image name its record, once.
 """
@@ -22,6 +27,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -30,7 +36,9 @@ from torchvision.transforms.functional import pil_to_tensor
 from visionsweep.data.images import load_rgb, probe_image
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
+from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
 from visionsweep.inference.tiling import TilePredictions, merge_tile_predictions
+from visionsweep.inference.yolo_postprocess import postprocess
 from visionsweep.models.detection import label_offset
 from visionsweep.settings import Settings
 from visionsweep.training.detection import (
@@ -43,6 +51,7 @@ from visionsweep.training.detection import (
     record_target,
 )
 from visionsweep.training.environment import make_loader
+from visionsweep.training.yolo import ReportingYoloDataset, YoloBatch, YoloItem, YoloOps, collate_yolo
 
 log = logging.getLogger("visionsweep")
 
@@ -64,17 +73,18 @@ class TileElement(NamedTuple):
 
 class TiledItem(NamedTuple):
     """One element of a validation or prediction item: its tile (None for the full image) and the
-    prepared image and target."""
+    prepared input (a ``DetectionItem``, or a ``YoloItem`` for YOLOv5)."""
 
     tile: Tile | None
-    item: DetectionItem
+    item: Any
 
 
 class TiledBatch(NamedTuple):
-    """A batch of images with their tiles: ``batch`` holds every readable element (each image directly
-    followed by its tiles) and ``tiles[i]`` says which tile element i is (None for a full image)."""
+    """A batch of images with their tiles: ``batch`` (a ``DetectionBatch`` or ``YoloBatch``) holds every
+    readable element, each image directly followed by its tiles, and ``tiles[i]`` says which tile
+    element i is (None for a full image)."""
 
-    batch: DetectionBatch
+    batch: Any
     tiles: list[Tile | None]
 
 
@@ -148,7 +158,7 @@ class TiledDetectionOps(DetectionOps):
     with predictions merged from their tiles (training steps are unchanged: tiles are ordinary samples)."""
 
     def __init__(self, *, tiling: Tiling, **options: Any):
-        super().__init__(**options)
+        super().__init__(**{**options, "track_training_metrics": False})  # off with tiling, as the reference
         self.tiling = tiling
 
     def predict(self, model: nn.Module, loader: Iterable, stage: str) -> Iterator[tuple[DetectionBatch, list[dict]]]:
@@ -181,14 +191,10 @@ def merge_batch(batch: DetectionBatch, tiles: Sequence[Tile | None], predictions
     """Fold the tile elements of a batch into their images: a batch of the full images only (targets,
     frame and original sizes of the full images) and their merged predictions, in the model frame of
     each full image."""
-    starts = [i for i, tile in enumerate(tiles) if tile is None]
-    if not starts or starts[0] != 0:
-        raise RuntimeError("a tile arrived without its full image; an image and its tiles must share a batch")
+    starts = _group_starts(tiles, batch.indices)
     ends = starts[1:] + [len(tiles)]
     merged = []
     for start, end in zip(starts, ends):
-        if bool((batch.indices[start:end] != batch.indices[start]).any()):
-            raise RuntimeError("tiles of different images were grouped together; keep each image before its tiles")
         parts = [TilePredictions(tiles[i], predictions[i], batch.image_sizes[i]) for i in range(start + 1, end)]
         merged.append(merge_tile_predictions(predictions[start], parts, frame_size=batch.image_sizes[start],
                                              original_size=batch.original_sizes[start],
@@ -204,9 +210,9 @@ def tiled_detection_pipeline(settings: Settings, train_records: Sequence[ImageRe
                              on_failures: FailureSink) -> tuple[Any, Any, TiledDetectionOps]:
     """Loaders and ops of an R-CNN-family run with ``tile_grid_size`` set (the data is already checked).
 
-    ``training_batch_size`` counts samples (images and tiles alike), ``validation_batch_size`` images
-    (each with its tiles). Training-set metrics are off with tiling, as in the reference; the validation
-    loss, when on, is measured on the full images.
+    ``training_batch_size`` counts samples (images and tiles alike); a validation batch holds
+    ``Tiling.images_per_batch(validation_batch_size)`` images with their tiles. Training-set metrics are
+    off with tiling, as in the reference; the validation loss, when on, is measured on the full images.
     """
     tiling = Tiling.from_settings(settings)
     if tiling is None:
@@ -222,14 +228,142 @@ def tiled_detection_pipeline(settings: Settings, train_records: Sequence[ImageRe
     options = dict(num_workers=settings.num_workers, device=device, seed=settings.seed)
     train_loader = make_loader(train_set, settings.training_batch_size, shuffle=True, collate_fn=collate_detection,
                                **options)
-    val_loader = make_loader(val_set, settings.validation_batch_size, shuffle=False, collate_fn=collate_tile_groups,
-                             **options)
+    val_loader = make_loader(val_set, tiling.images_per_batch(settings.validation_batch_size), shuffle=False,
+                             collate_fn=collate_tile_groups, **options)
     ops = TiledDetectionOps(tiling=tiling, classes=classes, label_offset=label_offset(settings.model_name),
                             device=device, metric_type=settings.validation_metric_type,
                             iou_threshold=settings.validation_iou_threshold,
                             validation_loss=settings.log_validation_loss == "Enable", track_training_metrics=False,
                             on_failures=on_failures, primary_metric=settings.primary_metric)
     return train_loader, val_loader, ops
+
+
+# --- YOLOv5 -------------------------------------------------------------------------------------------
+
+
+class TiledYoloTrainingDataset(ReportingYoloDataset):
+    """YOLOv5 training samples: full images and their tiles that hold objects (``training_elements``),
+    each through ``transform``; mosaic partners are drawn from all elements, tiles included."""
+
+    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], img_size: int,
+                 transform: YoloTrainTransform, tiling: Tiling):
+        super().__init__(records, classes, img_size, transform)
+        self.tiling = tiling
+        self.elements = training_elements(self.records, tiling)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __getitem__(self, position: int) -> YoloItem:
+        index = self.elements[position].index
+        try:
+            sample = self._element_sample(position)
+        except _DECODE_ERRORS as error:
+            return YoloItem(index, None, None, None, None, [(index, _describe(error))])
+        rng = self._generator()
+        group, failures = [sample], []
+        for other in rng.integers(0, len(self.elements), size=self.transform.samples_needed - 1).tolist():
+            try:
+                group.append(self._element_sample(other))
+            except _DECODE_ERRORS as error:  # as ReportingYoloDataset: reported, replaced by the sample itself
+                failures.append((self.elements[other].index, _describe(error)))
+                group.append(sample)
+        augmented = self.transform(group, rng)
+        return YoloItem(index, _chw(augmented.image), to_yolo_labels(augmented), None, None, failures)
+
+    def _element_sample(self, position: int) -> YoloSample:
+        index, tile, objects = self.elements[position]
+        image = np.asarray(load_rgb(self.records[index].image_path))
+        return _yolo_sample(image, tile, objects, self.class_index)
+
+
+class TiledYoloGroupDataset(ReportingYoloDataset):
+    """One YOLOv5 item per image: the full image followed by its tiles (every tile, or those that hold
+    objects), each letterboxed to ``img_size`` with its ``LetterboxInfo`` (original size = the tile's)
+    and its objects in its own pixels."""
+
+    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], img_size: int, tiling: Tiling, *,
+                 every_tile: bool):
+        super().__init__(records, classes, img_size)
+        self.tiling = tiling
+        self.every_tile = every_tile
+
+    def __getitem__(self, index: int) -> list[TiledItem]:
+        record = self.records[index]
+        try:
+            image = np.asarray(load_rgb(record.image_path))
+        except _DECODE_ERRORS as error:
+            return [TiledItem(None, YoloItem(index, None, None, None, None, [(index, _describe(error))]))]
+        height, width = image.shape[:2]
+        choose = all_tiles if self.every_tile else tiles_with_objects
+        tiles = [(tile, objects) for tile, objects in choose(record.objects, self.tiling, width, height)
+                 if tile.width >= 1 and tile.height >= 1]
+        items = []
+        for tile, objects in [(None, record.objects), *tiles]:
+            sample = _yolo_sample(image, tile, objects, self.class_index)
+            letterboxed, info = letterbox_for_inference(sample, self.img_size)
+            target = {"boxes": torch.from_numpy(sample.boxes), "labels": torch.from_numpy(sample.classes),
+                      "iscrowd": torch.tensor([o.is_crowd for o in objects], dtype=torch.bool)}
+            items.append(TiledItem(tile, YoloItem(index, _chw(letterboxed.image), to_yolo_labels(letterboxed), info,
+                                                  target, [])))
+        return items
+
+
+def collate_yolo_tile_groups(groups: list[list[TiledItem]]) -> TiledBatch:
+    """``collate_tile_groups`` for YOLOv5 items: one stacked ``YoloBatch`` of every element."""
+    elements = [element for group in groups for element in group]
+    return TiledBatch(collate_yolo([e.item for e in elements]), [e.tile for e in elements if e.item.image is not None])
+
+
+class TiledYoloOps(YoloOps):
+    """``YoloOps`` whose detection pass takes ``TiledBatch`` es: all elements of a batch go through the
+    network at once (they share the letterboxed size), then each image's tile predictions are merged into
+    its own. Evaluation and prediction then see full images only; the validation loss is that of the full
+    images. Training steps are unchanged."""
+
+    def __init__(self, *, tiling: Tiling, **options: Any):
+        super().__init__(**{**options, "track_training_metrics": False})  # off with tiling, as the reference
+        self.tiling = tiling
+
+    def _detect(self, model: nn.Module, loader: Iterable, stage: str
+                ) -> Iterator[tuple[YoloBatch, list[dict[str, Tensor]], list[Tensor]]]:
+        for tiled in loader:
+            batch = tiled.batch
+            if batch.failures:
+                self.on_failures(batch.failures, stage)
+            if not len(batch.images):
+                continue
+            decoded, raw = model(self._to_input(batch.images))
+            found = postprocess(decoded, score_thresh=self.score_thresh, iou_thresh=self.nms_thresh,
+                                letterbox=batch.infos)
+            predictions = [{"boxes": d.boxes.detach().float().cpu(), "scores": d.scores.detach().float().cpu(),
+                            "labels": d.labels.detach().cpu()} for d in found]
+            yield merge_yolo_batch(batch, tiled.tiles, predictions, raw, self.tiling.nms_threshold)
+
+
+def merge_yolo_batch(batch: YoloBatch, tiles: Sequence[Tile | None], predictions: Sequence[dict[str, Tensor]],
+                     raw: list[Tensor], nms_threshold: float) -> tuple[YoloBatch, list[dict[str, Tensor]], list[Tensor]]:
+    """Fold the tile elements of a YOLOv5 batch into their images: the batch of full images (targets
+    renumbered), their merged predictions in original pixels, and the raw network maps of the full
+    images (for the validation loss)."""
+    starts = _group_starts(tiles, batch.indices)
+    ends = starts[1:] + [len(tiles)]
+    merged = []
+    for start, end in zip(starts, ends):
+        size = batch.infos[start].original_size
+        parts = [TilePredictions(tiles[i], predictions[i], batch.infos[i].original_size) for i in range(start + 1, end)]
+        merged.append(merge_tile_predictions(predictions[start], parts, frame_size=size, original_size=size,
+                                             nms_threshold=nms_threshold))
+    keep = torch.tensor(starts, dtype=torch.int64)
+    renumber = torch.full((len(tiles),), -1, dtype=torch.int64)
+    renumber[keep] = torch.arange(len(starts))
+    owner = renumber[batch.targets[:, 0].long()]
+    targets = batch.targets[owner >= 0].clone()
+    targets[:, 0] = owner[owner >= 0].to(targets.dtype)
+    full = YoloBatch(images=batch.images[keep], targets=targets, infos=[batch.infos[i] for i in starts],
+                     ground_truth=[batch.ground_truth[i] for i in starts], indices=batch.indices[keep],
+                     failures=batch.failures)
+    return full, merged, [level[keep.to(level.device)] for level in raw]
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -257,3 +391,36 @@ def _image_size(record: ImageRecord) -> tuple[int, int] | None:
         return record.width, record.height
     probe = probe_image(record.image_path)
     return None if isinstance(probe, str) else probe
+
+
+def _group_starts(tiles: Sequence[Tile | None], indices: Tensor) -> list[int]:
+    """Positions of the full images in a batch whose elements are images each followed by its tiles."""
+    starts = [i for i, tile in enumerate(tiles) if tile is None]
+    if not starts or starts[0] != 0:
+        raise RuntimeError("a tile arrived without its full image; an image and its tiles must share a batch")
+    owners = torch.repeat_interleave(indices[starts], torch.tensor(np.diff(starts + [len(tiles)])))
+    if not torch.equal(owners, indices):
+        raise RuntimeError("tiles of different images were grouped together; keep each image before its tiles")
+    return starts
+
+
+def _yolo_sample(image: np.ndarray, tile: Tile | None, objects: Sequence[ObjectAnnotation],
+                 class_index: dict[str, int]) -> YoloSample:
+    """A (H, W, 3) image cut to ``tile`` (whole when None) with ``objects`` (fractions of the cut) as
+    pixel boxes of it, for the YOLO pipeline (which slices tiles as [y0:y1, x0:x1] of the array)."""
+    if tile is not None:
+        x0, y0, x1, y1 = tile.pixels()
+        image = np.ascontiguousarray(image[y0:y1, x0:x1])
+    height, width = image.shape[:2]
+    boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4)
+    boxes *= np.array([width, height, width, height], dtype=np.float32)
+    classes = np.array([class_index[o.label] for o in objects], dtype=np.int64)
+    return YoloSample(image, boxes, classes)
+
+
+def _chw(image: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from visionsweep.data.detection_labels import check_detection_data
 from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
+from visionsweep.data.tiling import Tiling
 from visionsweep.data.yolo_pipeline import (
     AffineParams,
     LetterboxInfo,
@@ -41,7 +42,6 @@ from visionsweep.data.yolo_pipeline import (
     to_yolo_labels,
     yolo_collate,
 )
-from visionsweep.errors import SettingsError
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.inference.yolo_postprocess import postprocess
 from visionsweep.models.freezing import train_mode
@@ -282,7 +282,6 @@ def yolo_pipeline(settings: Settings, train_records: Sequence[ImageRecord], val_
                   classes: Sequence[str], device: torch.device, on_failures: FailureSink
                   ) -> tuple[Any, Any, YoloOps]:
     """Data loaders and task ops of a YOLOv5 object-detection run."""
-    refuse_tiling(settings)
     for stage, records in (("training", train_records), ("validation", val_records)):
         check_detection_data(LabeledData(list(records), DataReport(source=f"the {stage} data",
                                                                    records_read=len(records), kept=len(records))))
@@ -290,32 +289,34 @@ def yolo_pipeline(settings: Settings, train_records: Sequence[ImageRecord], val_
                           shear=settings.shear)
     transform = YoloTrainTransform(settings.img_size, mosaic=settings.apply_mosaic_for_yolo,
                                    augment=settings.apply_automl_train_augmentations, affine=affine)
-    train_set = ReportingYoloDataset(train_records, classes, settings.img_size, transform)
-    val_set = ReportingYoloDataset(val_records, classes, settings.img_size)
-    loader_options = dict(num_workers=settings.num_workers, collate_fn=collate_yolo, device=device,
-                          seed=settings.seed)
-    train_loader = make_loader(train_set, settings.training_batch_size, shuffle=True, **loader_options)
-    val_loader = make_loader(val_set, settings.validation_batch_size, shuffle=False, **loader_options)
+    tiling = Tiling.from_settings(settings)
+    if tiling is None:
+        train_set = ReportingYoloDataset(train_records, classes, settings.img_size, transform)
+        val_set = ReportingYoloDataset(val_records, classes, settings.img_size)
+        val_collate, ops_type, val_batch_size = collate_yolo, YoloOps, settings.validation_batch_size
+    else:  # full images and tiles, merged per image at validation (training/tiling.py)
+        from visionsweep.training import tiling as tiled  # it builds on this module
+
+        train_set = tiled.TiledYoloTrainingDataset(train_records, classes, settings.img_size, transform, tiling)
+        val_set = tiled.TiledYoloGroupDataset(val_records, classes, settings.img_size, tiling, every_tile=False)
+        val_collate, ops_type = tiled.collate_yolo_tile_groups, functools.partial(tiled.TiledYoloOps, tiling=tiling)
+        val_batch_size = tiling.images_per_batch(settings.validation_batch_size)
+    loader_options = dict(num_workers=settings.num_workers, device=device, seed=settings.seed)
+    train_loader = make_loader(train_set, settings.training_batch_size, shuffle=True, collate_fn=collate_yolo,
+                               **loader_options)
+    val_loader = make_loader(val_set, val_batch_size, shuffle=False, collate_fn=val_collate, **loader_options)
     make_loss = functools.partial(YoloLoss, giou=settings.giou, obj=settings.obj, cls=settings.cls,
                                   cls_pw=settings.cls_pw, obj_pw=settings.obj_pw, anchor_t=settings.anchor_t,
                                   fl_gamma=settings.fl_gamma)
-    ops = YoloOps(classes=classes, device=device, img_size=settings.img_size, make_loss=make_loss,
-                  multi_scale=settings.multi_scale, seed=settings.seed, score_thresh=settings.box_score_thresh,
-                  nms_thresh=settings.nms_iou_thresh, metric_type=settings.validation_metric_type,
-                  iou_threshold=settings.validation_iou_threshold,
-                  validation_loss=settings.log_validation_loss == "Enable",
-                  training_batch_size=settings.training_batch_size,
-                  track_training_metrics=settings.log_training_metrics == "Enable", on_failures=on_failures,
-                  primary_metric=settings.primary_metric)
+    ops = ops_type(classes=classes, device=device, img_size=settings.img_size, make_loss=make_loss,
+                   multi_scale=settings.multi_scale, seed=settings.seed, score_thresh=settings.box_score_thresh,
+                   nms_thresh=settings.nms_iou_thresh, metric_type=settings.validation_metric_type,
+                   iou_threshold=settings.validation_iou_threshold,
+                   validation_loss=settings.log_validation_loss == "Enable",
+                   training_batch_size=settings.training_batch_size,
+                   track_training_metrics=settings.log_training_metrics == "Enable", on_failures=on_failures,
+                   primary_metric=settings.primary_metric)
     return train_loader, val_loader, ops
-
-
-def refuse_tiling(settings: Settings) -> None:
-    """Tiling is not implemented for YOLOv5 yet: say so instead of silently training on whole images."""
-    if settings.tile_grid_size is not None:
-        raise SettingsError([f"tile_grid_size: tiling is not supported with model_name yolov5 yet (got "
-                             f"{settings.tile_grid_size}); unset it, or use an R-CNN model such as "
-                             "fasterrcnn_resnet50_fpn"])
 
 
 def _chw(sample: YoloSample) -> Tensor:
