@@ -83,7 +83,10 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
         raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
     task = parse_task(task)
     labelled = read_labeled_data(data, task)
-    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report)
+    resolved = resolve_settings(task, settings)
+    options = {} if task.is_classification else {  # how detections are matched and scored
+        "metric_type": resolved.validation_metric_type, "iou_threshold": resolved.validation_iou_threshold}
+    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report, **options)
     return metrics, labelled.report
 
 

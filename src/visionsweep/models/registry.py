@@ -118,6 +118,6 @@ def build_model(
     if pretrained:
         load_pretrained(model, spec.name, spec.weights_source(settings), pretrained_weights,
                         skip_prefixes=spec.head_prefixes, adapt=spec.adapt_pretrained)
-    if layers_to_freeze:
+    if layers_to_freeze is not None:  # 0 makes every parameter trainable, undoing a builder's default freezing
         freeze_layer_groups(model, spec.name, spec.layer_groups, layers_to_freeze)
     return model

@@ -193,6 +193,8 @@ class _EpochRecorder:
             "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
             "is_best": report.is_best, "best_epoch": report.best_epoch, "best_score": report.best_score,
             **report.training_metrics, "validation": scalar_metrics(report.metrics),
+            # per class (detection and segmentation) and the twelve COCO numbers, when computed
+            **{key: report.metrics[key] for key in ("per_label_metrics", "coco_metrics") if key in report.metrics},
         }
         with self.metrics_file.open("a") as out:
             out.write(json.dumps(json_ready(line)) + "\n")
