@@ -224,8 +224,9 @@ def export_coco(records: Iterable[ImageRecord], classes: Sequence[str], path: st
     image and annotation ids start at 1. Boxes become pixel [x, y, width, height] with ``area`` = width x
     height, or the polygon area when the object has polygons (then written as pixel ``segmentation``;
     an object whose segments overlap, i.e. has holes under our XOR rule, is written as an RLE mask
-    because COCO unites polygons). ``file_name`` is relative to the file's folder when the image lies below it, absolute otherwise, so
-    ``import_coco(path)`` reads the same records back. Image sizes come from the records or the files.
+    because COCO unites polygons). ``file_name`` is relative to the file's folder when the image lies
+    below it, absolute otherwise, so ``import_coco(path)`` reads the same records back (objects written
+    as RLE come back as traced polygons). Image sizes come from the records or the files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
