@@ -8,7 +8,15 @@ import torch
 from PIL import Image
 
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
-from visionsweep.data.tiling import Tile, Tiling, all_tiles, cut_boxes, objects_in_tiles, tile_layout, tiles_with_objects
+from visionsweep.data.tiling import (
+    Tile,
+    Tiling,
+    all_tiles,
+    cut_boxes,
+    objects_in_tiles,
+    tile_layout,
+    tiles_with_objects,
+)
 from visionsweep.inference.tiling import (
     TilePredictions,
     duplicate_flags,

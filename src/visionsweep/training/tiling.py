@@ -1,4 +1,4 @@
-"""Tiling in R-CNN-family training, validation and prediction (spec section 4).
+"""Tiling in training, validation and prediction of the R-CNN family and YOLOv5 (spec section 4).
 
 * Training: the full images and the tiles that hold objects are independent samples, shuffled
   together; a tile is cut from the decoded image, then goes through the usual augmentation and resize
@@ -342,7 +342,8 @@ class TiledYoloOps(YoloOps):
 
 
 def merge_yolo_batch(batch: YoloBatch, tiles: Sequence[Tile | None], predictions: Sequence[dict[str, Tensor]],
-                     raw: list[Tensor], nms_threshold: float) -> tuple[YoloBatch, list[dict[str, Tensor]], list[Tensor]]:
+                     raw: list[Tensor], nms_threshold: float
+                     ) -> tuple[YoloBatch, list[dict[str, Tensor]], list[Tensor]]:
     """Fold the tile elements of a YOLOv5 batch into their images: the batch of full images (targets
     renumbered), their merged predictions in original pixels, and the raw network maps of the full
     images (for the validation loss)."""
