@@ -16,6 +16,7 @@ from sweep_helpers import (
 )
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
+from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.runner import visible_device_ids
 from visionsweep.sweep.status import sweep_status
 
@@ -201,7 +202,28 @@ def test_cpu_trials_share_the_cores_out(job_file, tmp_path, monkeypatch):
     run_fake(path, run_dir)
     for trial in study_trials(run_dir):
         environment = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "environment.json").read_text())
-        assert environment == {"CUDA_VISIBLE_DEVICES": None, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+        # No GPU is visible to a CPU trial, and the cores are shared out between the two at a time.
+        assert environment == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_devices_cpu_on_a_gpu_machine_hides_the_gpus_and_plans_automode_for_the_cpu(job_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(Hardware, "detect", classmethod(lambda cls: Hardware(gpus=2, gpu_memory_gib=80.0, cpus=16)))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = job_file("""\
+        limits: {max_trials: 2, max_concurrent_trials: 2}
+        training_parameters: {number_of_epochs: 1}
+        """)
+    run_dir = tmp_path / "run"
+    result, lines = run_fake(path, run_dir, devices=[])
+    assert any("-> cpu model list" in line for line in lines)
+    assert {row.config["model_name"] for row in result.rows} == {"mobilenetv2", "resnet18"}  # not vitb16r224
+    for trial in study_trials(run_dir):
+        environment = json.loads((Path(trial.user_attrs[attrs.TRIAL_DIR]) / "environment.json").read_text())
+        assert environment["CUDA_VISIBLE_DEVICES"] == ""
+    # Detected, the two GPUs would serve the trials, and AutoMode would plan for a large GPU.
+    result, lines = run_fake(path, tmp_path / "gpu", devices=None)
+    assert any("-> large gpu model list" in line for line in lines)
+    assert {row.config["model_name"] for row in result.rows} == {"vitb16r224", "seresnext"}
 
 
 def test_detected_gpus_keep_the_users_cuda_visible_devices():

@@ -7,8 +7,8 @@
   (``os._exit``, a signal, the kernel's OOM killer) is recorded *failed* with its error and the
   end of its log, and the sweep goes on.
 * **Concurrency.** ``max_concurrent_trials`` trials run side by side. With GPUs, one trial per GPU
-  (``CUDA_VISIBLE_DEVICES``), so at most as many trials as GPUs; on CPU the cores are shared
-  out through ``OMP_NUM_THREADS`` unless the user set it.
+  (``CUDA_VISIBLE_DEVICES``), so at most as many trials as GPUs; on CPU the trials see no GPU
+  and the cores are shared out through ``OMP_NUM_THREADS`` unless the user set it.
 * **Limits.** ``max_trials`` (capped by the grid size) is exact across workers (``slots``).
   ``timeout_minutes`` counts from the start of this command: when it passes, no trial starts and
   the running ones are asked to stop after their current epoch; they end *cancelled* with their
@@ -155,8 +155,11 @@ class _Worker:
     def run(self) -> SweepResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._read_or_write_sweep_file()
-        self.study, self.plan = self._open()
         self.devices = list(_detect_devices() if self.devices is None else self.devices)
+        if not self.devices and self.hardware is None:
+            # Trials run on the CPU (none found, or --devices cpu): AutoMode plans for the CPU too.
+            self.hardware = Hardware(gpus=0, gpu_memory_gib=0.0, cpus=os.cpu_count() or 1)
+        self.study, self.plan = self._open()
         _check_device_setting(self.job.base_settings(), self.devices)
         width = min(self.job.limits.max_concurrent_trials, self.plan.budget)
         if self.devices and len(self.devices) < width:
@@ -427,8 +430,12 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(paths + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else paths)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        elif "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(self.width, 1)))
+        else:
+            # A CPU trial must not see a GPU: under --devices cpu on a GPU machine, device auto
+            # would otherwise put every trial on cuda:0 at once.
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            if "OMP_NUM_THREADS" not in os.environ:
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(self.width, 1)))
         return env
 
     # --- the end ------------------------------------------------------------------------------------
