@@ -74,8 +74,7 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
         collate, ops_type = collate_tile_groups, partial(TiledDetectionOps, tiling=tiling)
         batch_size = tiling.images_per_batch(settings.validation_batch_size)
     if trained.task is Task.INSTANCE_SEGMENTATION:  # targets with masks, for scoring with mask IoU
-        dataset = SegmentationDataset(records, trained.labels, min_size=settings.min_size,
-                                      max_size=settings.max_size, augment=False)
+        dataset = SegmentationDataset(records, trained.labels, augment=False, **size)
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=settings.num_workers,
                          collate_fn=collate, device=trained.device, seed=None)
 
