@@ -8,22 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from visionsweep import api
 from visionsweep.cli import main
-from visionsweep.inference import detection as detection_inference
-from visionsweep.tasks import Task
-from visionsweep.training.run import register_pipeline
-from visionsweep.training.segmentation import segmentation_pipeline
 
 TASK = "image_instance_segmentation"
-
-
-@pytest.fixture(autouse=True)
-def segmentation_wired():
-    # The task's entries in training/run.py (_PIPELINES) and api.py (_INFERENCE); registering the same
-    # functions again is harmless once those tables list them.
-    register_pipeline(Task.INSTANCE_SEGMENTATION, segmentation_pipeline)
-    api.register_inference(Task.INSTANCE_SEGMENTATION, detection_inference)
 
 
 def _lines(path):

@@ -28,14 +28,10 @@ _INFERENCE: dict[Task, ModuleType] = {
     Task.CLASSIFICATION: classification_inference,
     Task.MULTILABEL: classification_inference,
     Task.OBJECT_DETECTION: detection_inference,
+    Task.INSTANCE_SEGMENTATION: detection_inference,
 }
 # Models whose prediction differs from their task's, by model_name (same functions).
 _MODEL_INFERENCE: dict[str, ModuleType] = {"yolov5": yolo_inference}
-
-
-def register_inference(task: Task, module: ModuleType) -> None:
-    """Install the prediction and scoring functions of a task (detection and segmentation add theirs)."""
-    _INFERENCE[task] = module
 
 
 @dataclass
@@ -58,7 +54,9 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     output.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with output.open("w", encoding="utf-8") as out:
-        for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report):
+        # exported mask images (export_as_image) go beside the predictions file
+        options = {"mask_dir": output.parent / "masks"} if trained.task is Task.INSTANCE_SEGMENTATION else {}
+        for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report, **options):
             out.write(json.dumps(json_ready(line)) + "\n")
             count += 1
     return PredictionResult(output=output, images=count, report=report)

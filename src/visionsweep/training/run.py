@@ -42,6 +42,7 @@ from visionsweep.training.checkpoint import (
 )
 from visionsweep.training.classification import classification_pipeline
 from visionsweep.training.detection import detection_pipeline
+from visionsweep.training.segmentation import segmentation_pipeline
 from visionsweep.training.environment import seed_everything, select_device
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
@@ -59,14 +60,10 @@ _PIPELINES: dict[Task, Callable[..., tuple[Any, Any, Any]]] = {
     Task.CLASSIFICATION: classification_pipeline,
     Task.MULTILABEL: classification_pipeline,
     Task.OBJECT_DETECTION: detection_pipeline,
+    Task.INSTANCE_SEGMENTATION: segmentation_pipeline,
 }
 # Models whose pipeline differs from their task's, by model_name (same signature).
 _MODEL_PIPELINES: dict[str, Callable[..., tuple[Any, Any, Any]]] = {"yolov5": yolo_pipeline}
-
-
-def register_pipeline(task: Task, pipeline: Callable[..., tuple[Any, Any, Any]]) -> None:
-    """Install the data-and-loss pipeline of a task (detection and segmentation register theirs)."""
-    _PIPELINES[task] = pipeline
 
 
 @dataclass
