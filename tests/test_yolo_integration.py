@@ -19,7 +19,7 @@ from visionsweep import api
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
-from visionsweep.errors import SettingsError, WeightsUnavailableError
+from visionsweep.errors import WeightsUnavailableError
 from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.models import create_model, get_model_spec, list_models
@@ -402,8 +402,3 @@ def test_prediction_reads_images_without_labels():
     item = ReportingYoloDataset([record], CLASSES, 64)[0]
     assert item.image is None and "missing.png" in item.failures[0][1]
 
-
-def test_tiling_is_refused_for_yolov5_until_it_is_implemented(tmp_path):
-    records = read_labeled_data(_write_scenes(tmp_path, count=2), OD).records
-    with pytest.raises(SettingsError, match="tile_grid_size: tiling is not supported with model_name yolov5"):
-        yolo_pipeline(_settings(tile_grid_size="2x1"), records, records, CLASSES, CPU, None)

@@ -1,0 +1,363 @@
+"""Benchmark: YOLOv5 small on the fridge images: training and inference throughput, and mAP from scratch.
+
+``throughput`` times, for each img_size and on the same images, in one run:
+  * visionsweep training: ``training.loop.fit`` over ``yolo_pipeline`` (mosaic + affine + flip in the
+    loader, YoloOps with the loss, EMA update per step, SGD with the run's groups, clipping and schedule);
+  * the plain alternative: the same network, loss, dataset and EMA in a bare loop (forward, loss,
+    backward, clip, SGD step, EMA update);
+  * visionsweep inference: ``inference.yolo.predict_lines`` (the code behind ``visionsweep predict``) on
+    a loaded model folder; plain inference: the network in eval mode plus ``postprocess`` on the
+    letterboxed batches of a bare DataLoader;
+  * with ``--peer-python``: Ultralytics' ``yolov5s.yaml`` (its anchor-free "v5u" variant, 9.1 M
+    parameters) trained and run by that interpreter, in its own process (AGPL code, never imported here).
+  Training runs two epochs of batches of 16; the second is timed. Every loader has 0 workers (the peer
+  forces 0 on a CPU) and torch runs ``--threads`` threads (default 1: on a shared 2-core machine more
+  threads spin-wait and inflate even the CPU time), so the process CPU time covers all the work and is
+  steadier than the wall time; both are reported. Each measurement runs ``--repeat`` times, the three
+  contenders taking turns, and the run with the least CPU time is kept.
+
+``accuracy`` trains from scratch for a fixed number of epochs on od_train (100 images) and scores the
+28 od_val images with visionsweep's VOC evaluator at IoU 0.5 and score threshold 0.001, for visionsweep
+and (with ``--peer-python``) the peer, which run at the same time, one thread each.
+
+Usage:
+  python bench/yolo_throughput.py throughput [--sizes 320 640] [--train-images 32] [--repeat 2] [--peer-python PATH]
+  python bench/yolo_throughput.py accuracy [--img-size 160] [--epochs 30] [--peer-python PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from visionsweep.api import evaluate
+from visionsweep.data.jsonl import read_labeled_data
+from visionsweep.data.report import DataReport
+from visionsweep.data.yolo_pipeline import YoloDataset, YoloTrainTransform, yolo_collate
+from visionsweep.inference import yolo as yolo_inference
+from visionsweep.inference.model_folder import load_trained_model
+from visionsweep.inference.yolo_postprocess import postprocess
+from visionsweep.models import build_model, get_model_spec
+from visionsweep.models.yolo import ModelEMA, YoloLoss, build_yolov5
+from visionsweep.settings import resolve_settings
+from visionsweep.tasks import Task
+from visionsweep.training import train
+from visionsweep.training.checkpoint import save_checkpoint
+from visionsweep.training.loop import LoopConfig, fit
+from visionsweep.training.optim import build_optimizer
+from visionsweep.training.schedulers import Schedule
+from visionsweep.training.yolo import yolo_pipeline
+
+FRIDGE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "odFridgeObjects_FairMOTformat"
+OD = Task.OBJECT_DETECTION
+BATCH = 16
+CPU = torch.device("cpu")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", choices=("throughput", "accuracy"))
+    parser.add_argument("--data", type=Path, default=FRIDGE)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    parser.add_argument("--train-images", type=int, default=32)
+    parser.add_argument("--img-size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--peer-python", help="a Python interpreter with ultralytics installed")
+    parser.add_argument("--work", type=Path, help="folder for runs and converted data (default: a temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        result = (throughput(args, work) if args.mode == "throughput" else accuracy(args, work))
+    result["machine"] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                         "torch": torch.__version__, "threads": args.threads, "load_average": os.getloadavg()}
+    print(json.dumps(result, indent=2))
+
+
+# --- throughput ----------------------------------------------------------------------------------------
+
+
+def throughput(args: argparse.Namespace, work: Path) -> dict:
+    train_file = _subset(args.data / "od_train.jsonl", args.train_images, work / "train.jsonl")
+    val_file = _subset(args.data / "od_val.jsonl", 28, work / "val.jsonl")
+    results = {"train_images": args.train_images, "val_images": 28, "batch": BATCH, "repeat": args.repeat,
+               "sizes": {}}
+    peer_data = _peer_dataset(work / "peer", train_file, val_file) if args.peer_python else None
+    for size in args.sizes:
+        model_dir = _untrained_model_folder(work / f"model{size}", size)
+        contenders = {
+            "train_visionsweep": lambda: _train_visionsweep(train_file, size),
+            "train_bare": lambda: _train_bare(train_file, size),
+            "predict_visionsweep": lambda: _predict_visionsweep(model_dir, val_file),
+            "predict_bare": lambda: _predict_bare(val_file, size),
+        }
+        if args.peer_python:
+            options = {"mode": "throughput", "data": str(peer_data), "imgsz": size, "batch": BATCH,
+                       "project": str(work / "peer_runs"), "threads": args.threads,
+                       "val_images": str(peer_data.parent / "val" / "images")}
+            contenders["peer"] = lambda: _run_peer(args.peer_python, options)
+        runs: dict[str, list[dict]] = {name: [] for name in contenders}
+        for _ in range(args.repeat):  # the contenders take turns, so a busy spell hits them all
+            for name, measure in contenders.items():
+                runs[name].append(measure())
+        row = {name: min(found, key=_cpu_seconds) for name, found in runs.items()}
+        for kind in ("train", "predict"):
+            ours, bare = row[f"{kind}_visionsweep"], row[f"{kind}_bare"]
+            row[f"{kind}_ratio_wall"] = round(ours["images_per_s"] / bare["images_per_s"], 3)
+            row[f"{kind}_ratio_cpu"] = round(ours["images_per_cpu_s"] / bare["images_per_cpu_s"], 3)
+        results["sizes"][size] = row
+        print(json.dumps({size: row}), file=sys.stderr)
+    return results
+
+
+def _train_visionsweep(train_file: Path, size: int) -> dict:
+    settings = _settings(size, number_of_epochs=2)
+    data = read_labeled_data(train_file, OD)
+    torch.manual_seed(0)
+    model = build_model(get_model_spec("yolov5"), len(data.classes), settings.model_dump(), pretrained=False,
+                        pretrained_weights=None, layers_to_freeze=None)
+    train_loader, _, ops = yolo_pipeline(settings, data.records, data.records, data.classes, CPU, _fail)
+    optimizer = build_optimizer(model, "sgd", learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
+                                momentum=settings.momentum, nesterov=True, beta1=0.9, beta2=0.999, amsgrad=False)
+    schedule = Schedule(optimizer, settings.lr_scheduler, steps_per_epoch=len(train_loader), epochs=2,
+                        warmup_epochs=settings.warmup_cosine_lr_warmup_epochs, cycles=settings.warmup_cosine_lr_cycles,
+                        step_size=settings.step_lr_step_size, gamma=settings.step_lr_gamma)
+    config = LoopConfig(number_of_epochs=2, primary_metric="mean_average_precision", early_stopping=False,
+                        progress=False)
+    marks = [(time.perf_counter(), time.process_time())]
+    # No validation images: the loop still "evaluates" (nothing), so the epoch times are training alone.
+    fit(model, ops, train_loader, [], optimizer, schedule, config, device=CPU,
+        on_epoch_end=lambda report, kept: marks.append((time.perf_counter(), time.process_time())) and False)
+    return _rate(len(data.records), marks[2][0] - marks[1][0], marks[2][1] - marks[1][1])
+
+
+def _train_bare(train_file: Path, size: int) -> dict:
+    data = read_labeled_data(train_file, OD)
+    torch.manual_seed(0)
+    model = build_yolov5(len(data.classes), "small")
+    dataset = YoloDataset(data.records, data.classes, size, YoloTrainTransform(size))
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0, collate_fn=yolo_collate)
+    loss_fn = YoloLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    ema = ModelEMA(model)
+    timed = None
+    for epoch in range(2):
+        model.train()
+        started = (time.perf_counter(), time.process_time())
+        for images, targets, _ in loader:
+            loss, _ = loss_fn(model(images.float() / 255), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), 5.0)
+            optimizer.step()
+            ema.update(model)
+        timed = (time.perf_counter() - started[0], time.process_time() - started[1])
+    return _rate(len(data.records), *timed)
+
+
+def _untrained_model_folder(folder: Path, size: int) -> Path:
+    """A model folder holding a freshly initialised network: weights do not change the cost of inference."""
+    settings = _settings(size)
+    model = build_yolov5(4, "small")
+    save_checkpoint(folder / "model.pt", model=model, task=OD.value, model_name="yolov5",
+                    labels=["can", "carton", "milk_bottle", "water_bottle"], settings=settings.to_dict(), epoch=0,
+                    score=None, metrics={})
+    return folder
+
+
+def _predict_visionsweep(model_dir: Path, val_file: Path) -> dict:
+    trained = load_trained_model(model_dir, device="cpu")
+    records = read_labeled_data(val_file, OD).records
+    started = (time.perf_counter(), time.process_time())
+    lines = list(yolo_inference.predict_lines(trained, records, DataReport(source="bench")))
+    return _rate(len(lines), time.perf_counter() - started[0], time.process_time() - started[1])
+
+
+def _predict_bare(val_file: Path, size: int) -> dict:
+    data = read_labeled_data(val_file, OD)
+    model = build_yolov5(4, "small").eval()
+    loader = DataLoader(YoloDataset(data.records, data.classes, size), batch_size=BATCH, num_workers=0,
+                        collate_fn=yolo_collate)
+    started = (time.perf_counter(), time.process_time())
+    count = 0
+    with torch.no_grad():
+        for images, _, infos in loader:
+            decoded, _ = model(images.float() / 255)
+            count += len(postprocess(decoded, score_thresh=0.1, iou_thresh=0.5, letterbox=infos))
+    return _rate(count, time.perf_counter() - started[0], time.process_time() - started[1])
+
+
+# --- accuracy ------------------------------------------------------------------------------------------
+
+
+def accuracy(args: argparse.Namespace, work: Path) -> dict:
+    train_file = _subset(args.data / "od_train.jsonl", 100, work / "train.jsonl")
+    val_file = _subset(args.data / "od_val.jsonl", 28, work / "val.jsonl")
+    result = {"img_size": args.img_size, "epochs": args.epochs, "train_images": 100, "val_images": 28}
+    peer = None
+    if args.peer_python:
+        peer_data = _peer_dataset(work / "peer", train_file, val_file)
+        peer = _start_peer(args.peer_python, {
+            "mode": "accuracy", "data": str(peer_data), "imgsz": args.img_size, "batch": BATCH,
+            "epochs": args.epochs, "project": str(work / "peer_runs"), "threads": 1,
+            "val_images": str(peer_data.parent / "val" / "images"), "predictions": str(work / "peer_predictions.jsonl")})
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    run = train(OD, train_file, val_file, output=work / "visionsweep_run", progress=False,
+                settings=_settings(args.img_size, number_of_epochs=args.epochs, early_stopping=False,
+                                   validation_metric_type="coco_voc"))
+    ours = {"train_wall_s": round(time.perf_counter() - started, 1), "best_epoch": run.best_epoch,
+            "best_validation_map50_at_0.1": run.best_score}
+    metrics, _ = evaluate(run.run_dir, data=val_file, settings={"box_score_thresh": 0.001})
+    ours.update(voc_map50=metrics["mean_average_precision"], coco_ap50=metrics["coco_metrics"]["AP50"],
+                coco_ap=metrics["coco_metrics"]["AP"])
+    result["visionsweep"] = ours
+    if peer is not None:
+        peer_result = _finish_peer(peer)
+        scored, _ = evaluate(data=val_file, task=OD, predictions=work / "peer_predictions.jsonl")
+        peer_result["voc_map50_by_visionsweep"] = scored["mean_average_precision"]
+        result["peer"] = peer_result
+    return result
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _settings(size: int, **values):
+    return resolve_settings(OD, {"model_name": "yolov5", "model_size": "small", "pretrained": False,
+                                 "img_size": size, "training_batch_size": BATCH, "validation_batch_size": BATCH,
+                                 "num_workers": 0, "seed": 0, **values})
+
+
+def _subset(source: Path, count: int, output: Path) -> Path:
+    lines = [json.loads(line) for line in source.read_text().splitlines() if line.strip()][:count]
+    for line in lines:
+        line["image_url"] = str(source.parent / line["image_url"])
+    output.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return output
+
+
+def _rate(images: int, wall: float, cpu: float) -> dict:
+    return {"images": images, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "images_per_s": round(images / wall, 3), "images_per_cpu_s": round(images / cpu, 3)}
+
+
+def _cpu_seconds(run: dict) -> float:
+    """CPU time of a measurement (the peer's: of its training and prediction together)."""
+    if "cpu_s" in run:
+        return run["cpu_s"]
+    return sum(part["cpu_s"] for part in run.values() if isinstance(part, dict) and "cpu_s" in part)
+
+
+def _fail(failures, stage):
+    raise RuntimeError(f"{stage} images could not be read: {failures}")
+
+
+def _peer_dataset(folder: Path, train_file: Path, val_file: Path) -> Path:
+    """The same images in the YOLO txt layout the peer reads (links to the images, class cx cy w h lines)."""
+    classes = ["can", "carton", "milk_bottle", "water_bottle"]
+    for split, jsonl in (("train", train_file), ("val", val_file)):
+        (folder / split / "images").mkdir(parents=True, exist_ok=True)
+        (folder / split / "labels").mkdir(parents=True, exist_ok=True)
+        for line in (json.loads(text) for text in jsonl.read_text().splitlines()):
+            image = Path(line["image_url"])
+            link = folder / split / "images" / image.name
+            if not link.exists():
+                link.symlink_to(image)
+            rows = [f"{classes.index(o['label'])} {(o['topX'] + o['bottomX']) / 2:.6f} "
+                    f"{(o['topY'] + o['bottomY']) / 2:.6f} {o['bottomX'] - o['topX']:.6f} {o['bottomY'] - o['topY']:.6f}"
+                    for o in line["label"]]
+            (folder / split / "labels" / f"{image.stem}.txt").write_text("\n".join(rows) + "\n")
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
+    (folder / "data.yaml").write_text(f"path: {folder}\ntrain: train/images\nval: val/images\nnames:\n{names}")
+    return folder / "data.yaml"
+
+
+def _start_peer(python: str, options: dict) -> subprocess.Popen:
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(Path(options["project"]) / "config"),
+               OMP_NUM_THREADS=str(options.get("threads", 1)))
+    return subprocess.Popen([python, "-c", _PEER_PROGRAM, json.dumps(options)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def _finish_peer(process: subprocess.Popen) -> dict:
+    out, _ = process.communicate()
+    if process.returncode:
+        return {"error": f"the peer exited with status {process.returncode}"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _run_peer(python: str, options: dict) -> dict:
+    return _finish_peer(_start_peer(python, options))
+
+
+# Run by the peer's interpreter: Ultralytics builds "yolov5s.yaml" from scratch, trains, predicts; prints JSON.
+_PEER_PROGRAM = r'''
+import json, sys, time
+from pathlib import Path
+import torch
+options = json.loads(sys.argv[1])
+from ultralytics import YOLO
+torch.set_num_threads(options.get("threads", 1))  # after the import, which sets its own count
+model = YOLO("yolov5s.yaml")
+marks = {}
+def mark(name):
+    def record(trainer):
+        marks.setdefault(name, []).append((time.perf_counter(), time.process_time()))
+    return record
+model.add_callback("on_train_epoch_start", mark("start"))
+model.add_callback("on_train_epoch_end", mark("end"))
+common = dict(data=options["data"], imgsz=options["imgsz"], batch=options["batch"], device="cpu", workers=0,
+              pretrained=False, amp=False, plots=False, project=options["project"], exist_ok=True, verbose=False,
+              seed=0)
+images = sorted(str(p) for p in Path(options["val_images"]).iterdir())
+result = {"parameters": sum(p.numel() for p in model.model.parameters())}
+if options["mode"] == "throughput":
+    model.train(epochs=2, val=False, close_mosaic=0, name="throughput", **common)
+    (start_wall, start_cpu), (end_wall, end_cpu) = marks["start"][1], marks["end"][1]
+    count = len(list(Path(options["data"]).parent.joinpath("train", "images").iterdir()))
+    result["train"] = {"images": count, "wall_s": round(end_wall - start_wall, 2), "cpu_s": round(end_cpu - start_cpu, 2),
+                       "images_per_s": round(count / (end_wall - start_wall), 3),
+                       "images_per_cpu_s": round(count / (end_cpu - start_cpu), 3)}
+    best = None
+    for _ in range(2):
+        wall, cpu = time.perf_counter(), time.process_time()
+        model.predict(images, imgsz=options["imgsz"], batch=options["batch"], device="cpu", verbose=False)
+        run = (time.perf_counter() - wall, time.process_time() - cpu)
+        best = run if best is None or run[1] < best[1] else best
+    result["predict"] = {"images": len(images), "wall_s": round(best[0], 2), "cpu_s": round(best[1], 2),
+                         "images_per_s": round(len(images) / best[0], 3),
+                         "images_per_cpu_s": round(len(images) / best[1], 3)}
+else:
+    started = time.perf_counter()
+    metrics = model.train(epochs=options["epochs"], val=False, name="accuracy", **common)
+    result["train_wall_s"] = round(time.perf_counter() - started, 1)
+    result["own_map50"] = float(metrics.results_dict["metrics/mAP50(B)"]) if metrics else None
+    result["own_map50_95"] = float(metrics.results_dict["metrics/mAP50-95(B)"]) if metrics else None
+    names = model.names
+    with open(options["predictions"], "w") as out:
+        for found in model.predict(images, imgsz=options["imgsz"], conf=0.001, device="cpu", verbose=False,
+                                   stream=True):
+            boxes = [{"box": dict(zip(("topX", "topY", "bottomX", "bottomY"), map(float, box))),
+                      "label": names[int(label)], "score": float(score)}
+                     for box, label, score in zip(found.boxes.xyxyn.tolist(), found.boxes.cls.tolist(),
+                                                  found.boxes.conf.tolist())]
+            out.write(json.dumps({"filename": str(Path(found.path).resolve()), "boxes": boxes}) + "\n")
+print(json.dumps(result))
+'''
+
+
+if __name__ == "__main__":
+    main()
