@@ -18,6 +18,7 @@ from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
+from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import match_prediction_lines
 from visionsweep.tasks import Task
@@ -65,27 +66,11 @@ def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report:
 
 def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> dict[str, Any]:
     """Metrics of the model on labelled records (records with classes it does not know are reported)."""
-    scorable = known_label_records(records, trained.labels, report)
+    scorable = known_class_records(records, trained.labels, report)
     if not scorable:
         raise DataError(f"no labelled image uses the model's classes ({', '.join(trained.labels)})")
     _, probabilities, targets = predict_probabilities(trained, scorable, report)
     return classification_metrics(probabilities, targets, trained.labels, trained.task.is_multilabel)
-
-
-def known_label_records(records: Sequence[ImageRecord], labels: Sequence[str],
-                        report: DataReport) -> list[ImageRecord]:
-    """Records whose classes the model knows; the others are reported, since they cannot be scored."""
-    known = set(labels)
-    kept = []
-    for record in records:
-        unknown = sorted(set(record.labels) - known)
-        if unknown:
-            report.skip(record.location, reasons.BAD_LABEL,
-                        f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
-                        record.image_url)
-        else:
-            kept.append(record)
-    return kept
 
 
 def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task,
@@ -106,7 +91,7 @@ def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord
             continue
         rows.append(probs)
         scored.append(record)
-    known = {id(r) for r in known_label_records(scored, labels, report)}
+    known = {id(r) for r in known_class_records(scored, labels, report)}
     probabilities = np.array([row for row, r in zip(rows, scored) if id(r) in known], dtype=np.float64)
     kept = [r for r in scored if id(r) in known]
     if not kept:

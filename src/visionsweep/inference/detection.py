@@ -33,6 +33,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
+from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.masks import export_mask_images, mask_polygons, pixel_segments, polygons_to_rles
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import match_prediction_lines
@@ -158,23 +159,6 @@ def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report
     if not images:
         raise DataError(f"no labelled image could be read.\n{report.summary()}")
     return evaluation.compute()
-
-
-def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str],
-                        report: DataReport) -> list[ImageRecord]:
-    """Records whose objects all have classes the model knows; the others are reported (an object the
-    model cannot name would count against it unfairly)."""
-    known = set(labels)
-    kept = []
-    for record in records:
-        unknown = sorted(set(record.class_names()) - known)
-        if unknown:
-            report.skip(record.location, reasons.BAD_LABEL,
-                        f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
-                        record.image_url)
-        else:
-            kept.append(record)
-    return kept
 
 
 def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task, report: DataReport,

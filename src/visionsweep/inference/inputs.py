@@ -1,7 +1,11 @@
-"""What to predict on: an image, a folder of images, a JSONL file or an MLTable folder."""
+"""What to predict on (an image, a folder of images, a JSONL file or an MLTable folder) and which
+labelled records a model can be scored on."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
+
+from visionsweep.data import report as reasons
 
 from visionsweep.data.images import is_image_file
 from visionsweep.data.jsonl import check_images, parse_jsonl, read_mltable
@@ -42,3 +46,20 @@ def _folder_inputs(folder: Path, report: DataReport) -> list[ImageRecord]:
         report.records_read += 1
         records.append(ImageRecord(image_path=path, image_url=str(path), location=str(path.relative_to(folder))))
     return records
+
+
+def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str],
+                        report: DataReport) -> list[ImageRecord]:
+    """Records whose classes (labels or objects) the model knows; the others are reported, since a class
+    the model cannot name would count against it unfairly."""
+    known = set(labels)
+    kept = []
+    for record in records:
+        unknown = sorted(set(record.class_names()) - known)
+        if unknown:
+            report.skip(record.location, reasons.BAD_LABEL,
+                        f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
+                        record.image_url)
+        else:
+            kept.append(record)
+    return kept

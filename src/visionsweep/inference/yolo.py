@@ -21,8 +21,9 @@ from visionsweep.data.report import DataReport
 from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import evaluate_detections
-from visionsweep.inference.detection import ImageDetections, known_class_records, prediction_line
+from visionsweep.inference.detection import ImageDetections, prediction_line
 from visionsweep.inference.detection import score_prediction_file  # noqa: F401  (the task's file scoring)
+from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.models.yolo import YoloLoss
 from visionsweep.training.environment import make_loader

@@ -303,6 +303,17 @@ class DetectionOps(TaskOps):
         self.primary_metric = primary_metric
         self._train_evaluation: DetectionEvaluation | None = None
 
+
+    @classmethod
+    def from_settings(cls, settings: Settings, classes: Sequence[str], device: torch.device,
+                      on_failures: FailureSink, **options: Any) -> "DetectionOps":
+        """The ops of a run with these settings; ``options`` add or override constructor arguments."""
+        return cls(**{"classes": classes, "label_offset": label_offset(settings.model_name), "device": device,
+                      "metric_type": settings.validation_metric_type,
+                      "iou_threshold": settings.validation_iou_threshold,
+                      "validation_loss": settings.log_validation_loss == "Enable",
+                      "track_training_metrics": settings.log_training_metrics == "Enable",
+                      "on_failures": on_failures, "primary_metric": settings.primary_metric, **options})
     def train_step(self, model: nn.Module, batch: DetectionBatch) -> tuple[Tensor, int] | None:
         if batch.failures:
             self.on_failures(batch.failures, "training")
@@ -396,9 +407,7 @@ def detection_pipeline(settings: Settings, train_records: Sequence[ImageRecord],
     if not is_rcnn_detector(settings.model_name):
         raise NotImplementedError(f"training {settings.model_name} is not wired into visionsweep train yet; "
                                   "the R-CNN family (fasterrcnn_*, retinanet_resnet50_fpn) is")
-    for stage, records in (("training", train_records), ("validation", val_records)):
-        check_detection_data(LabeledData(list(records), DataReport(source=f"the {stage} data",
-                                                                   records_read=len(records), kept=len(records))))
+    check_run_records(train_records, val_records)
     if settings.tile_grid_size is not None:
         from visionsweep.training.tiling import tiled_detection_pipeline  # it builds on this module
 
@@ -406,16 +415,22 @@ def detection_pipeline(settings: Settings, train_records: Sequence[ImageRecord],
     size = dict(min_size=settings.min_size, max_size=settings.max_size)
     train_set = DetectionDataset(train_records, classes, augment=settings.apply_automl_train_augmentations, **size)
     val_set = DetectionDataset(val_records, classes, augment=False, **size)
-    loader_options = dict(num_workers=settings.num_workers, collate_fn=collate_detection, device=device,
-                          seed=settings.seed)
-    train_loader = make_loader(train_set, settings.training_batch_size, shuffle=True, **loader_options)
-    val_loader = make_loader(val_set, settings.validation_batch_size, shuffle=False, **loader_options)
-    ops = DetectionOps(classes=classes, label_offset=label_offset(settings.model_name), device=device,
-                       metric_type=settings.validation_metric_type, iou_threshold=settings.validation_iou_threshold,
-                       validation_loss=settings.log_validation_loss == "Enable",
-                       track_training_metrics=settings.log_training_metrics == "Enable", on_failures=on_failures,
-                       primary_metric=settings.primary_metric)
-    return train_loader, val_loader, ops
+    return (*run_loaders(settings, train_set, val_set, device),
+            DetectionOps.from_settings(settings, classes, device, on_failures))
+
+
+def check_run_records(train_records: Sequence[ImageRecord], val_records: Sequence[ImageRecord]) -> None:
+    """Raise ``DataError`` when a training or validation record breaks the detection data rules."""
+    for stage, records in (("training", train_records), ("validation", val_records)):
+        check_detection_data(LabeledData(list(records), DataReport(source=f"the {stage} data",
+                                                                   records_read=len(records), kept=len(records))))
+
+
+def run_loaders(settings: Settings, train_set: Dataset, val_set: Dataset, device: torch.device) -> tuple[Any, Any]:
+    """The training (shuffled) and validation loaders of an R-CNN-family run."""
+    options = dict(num_workers=settings.num_workers, collate_fn=collate_detection, device=device, seed=settings.seed)
+    return (make_loader(train_set, settings.training_batch_size, shuffle=True, **options),
+            make_loader(val_set, settings.validation_batch_size, shuffle=False, **options))
 
 
 def _move_polygons(polygons: list[list[np.ndarray]],

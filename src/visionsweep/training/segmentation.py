@@ -25,11 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from visionsweep.data.detection_labels import check_detection_data
-from visionsweep.data.records import ImageRecord, LabeledData
-from visionsweep.data.report import DataReport
+from visionsweep.data.records import ImageRecord
 from visionsweep.inference.masks import polygons_to_masks
-from visionsweep.models.detection import label_offset
 from visionsweep.settings import Settings
 from visionsweep.tasks import SEGMENTATION_MODELS
 from visionsweep.training.detection import (
@@ -37,11 +34,11 @@ from visionsweep.training.detection import (
     DetectionOps,
     FailureSink,
     Target,
-    collate_detection,
+    check_run_records,
     prepare_image,
     random_augment,
+    run_loaders,
 )
-from visionsweep.training.environment import make_loader
 
 # Largest objects x frame pixels of one image's masks: 250 MB of uint8 masks (and four times that in
 # torchvision's float copy) before the frame is shrunk. At the default 600 x 1333 frame that is about
@@ -101,20 +98,10 @@ def segmentation_pipeline(settings: Settings, train_records: Sequence[ImageRecor
     if settings.model_name not in SEGMENTATION_MODELS:
         raise NotImplementedError(f"{settings.model_name} is not an instance-segmentation model; use one of "
                                   f"{', '.join(SEGMENTATION_MODELS)}")
-    for stage, records in (("training", train_records), ("validation", val_records)):
-        check_detection_data(LabeledData(list(records), DataReport(source=f"the {stage} data",
-                                                                   records_read=len(records), kept=len(records))))
+    check_run_records(train_records, val_records)
     size = dict(min_size=settings.min_size, max_size=settings.max_size)
     train_set = SegmentationDataset(train_records, classes, augment=settings.apply_automl_train_augmentations,
                                     **size)
     val_set = SegmentationDataset(val_records, classes, augment=False, **size)
-    loader_options = dict(num_workers=settings.num_workers, collate_fn=collate_detection, device=device,
-                          seed=settings.seed)
-    train_loader = make_loader(train_set, settings.training_batch_size, shuffle=True, **loader_options)
-    val_loader = make_loader(val_set, settings.validation_batch_size, shuffle=False, **loader_options)
-    ops = DetectionOps(classes=classes, label_offset=label_offset(settings.model_name), device=device,
-                       metric_type=settings.validation_metric_type, iou_threshold=settings.validation_iou_threshold,
-                       validation_loss=settings.log_validation_loss == "Enable",
-                       track_training_metrics=settings.log_training_metrics == "Enable", on_failures=on_failures,
-                       primary_metric=settings.primary_metric, iou_type="segm")
-    return train_loader, val_loader, ops
+    return (*run_loaders(settings, train_set, val_set, device),
+            DetectionOps.from_settings(settings, classes, device, on_failures, iou_type="segm"))

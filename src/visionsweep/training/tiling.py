@@ -39,7 +39,6 @@ from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
 from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
 from visionsweep.inference.tiling import TilePredictions, merge_tile_predictions
 from visionsweep.inference.yolo_postprocess import postprocess
-from visionsweep.models.detection import label_offset
 from visionsweep.settings import Settings
 from visionsweep.training.detection import (
     DetectionBatch,
@@ -230,12 +229,8 @@ def tiled_detection_pipeline(settings: Settings, train_records: Sequence[ImageRe
                                **options)
     val_loader = make_loader(val_set, tiling.images_per_batch(settings.validation_batch_size), shuffle=False,
                              collate_fn=collate_tile_groups, **options)
-    ops = TiledDetectionOps(tiling=tiling, classes=classes, label_offset=label_offset(settings.model_name),
-                            device=device, metric_type=settings.validation_metric_type,
-                            iou_threshold=settings.validation_iou_threshold,
-                            validation_loss=settings.log_validation_loss == "Enable", track_training_metrics=False,
-                            on_failures=on_failures, primary_metric=settings.primary_metric)
-    return train_loader, val_loader, ops
+    return train_loader, val_loader, TiledDetectionOps.from_settings(settings, classes, device, on_failures,
+                                                                     tiling=tiling)
 
 
 # --- YOLOv5 -------------------------------------------------------------------------------------------
