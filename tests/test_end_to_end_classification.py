@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from jsonl_helpers import read_lines
 from visionsweep.cli import main
 
 pytestmark = pytest.mark.slow
@@ -15,10 +16,6 @@ pytestmark = pytest.mark.slow
 FAST = ["--set", "model_name=resnet18", "--set", "pretrained=false", "--set", "valid_resize_size=72",
         "--set", "valid_crop_size=64", "--set", "train_crop_size=64", "--set", "training_batch_size=16",
         "--set", "validation_batch_size=16", "--set", "seed=0", "--set", "num_workers=0"]
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_multiclass_fridge(datasets, tmp_path, capsys):
@@ -33,13 +30,13 @@ def test_multiclass_fridge(datasets, tmp_path, capsys):
                                                                  "settings.json"]
     labels = json.loads((run / "model" / "labels.json").read_text())
     assert labels == ["can", "carton", "milk_bottle", "water_bottle"]
-    assert len(_lines(run / "metrics.jsonl")) == 3
+    assert len(read_lines(run / "metrics.jsonl")) == 3
     report = json.loads((run / "data_report.json").read_text())
     assert report["training_images"] == 104 and report["validation_images"] == 30
 
     predictions = tmp_path / "predictions.jsonl"
     assert main(["predict", str(run), str(folder / "cls_val.jsonl"), "--output", str(predictions)]) == 0
-    lines = _lines(predictions)
+    lines = read_lines(predictions)
     assert len(lines) == 30
     assert set(lines[0]) == {"filename", "probs", "labels"}
     assert lines[0]["filename"] == "small-150/can_10.jpg"  # as listed in the JSONL file
@@ -48,7 +45,7 @@ def test_multiclass_fridge(datasets, tmp_path, capsys):
 
     # the full-size originals: a folder of images, other sizes and EXIF
     assert main(["predict", str(run / "model"), str(folder / "img"), "--output", str(tmp_path / "img.jsonl")]) == 0
-    assert len(_lines(tmp_path / "img.jsonl")) == 18
+    assert len(read_lines(tmp_path / "img.jsonl")) == 18
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(folder / "cls_val.jsonl")]) == 0
@@ -73,7 +70,7 @@ def test_multilabel_fridge(datasets, tmp_path, capsys):
     assert summary["primary_metric"] == "iou"
     predictions = tmp_path / "p.jsonl"
     assert main(["predict", str(run), str(folder / "mltable_multilabel_val"), "--output", str(predictions)]) == 0
-    lines = _lines(predictions)
+    lines = read_lines(predictions)
     assert len(lines) == 28
     assert all(0.0 <= p <= 1.0 for line in lines for p in line["probs"])
     capsys.readouterr()

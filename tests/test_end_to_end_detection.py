@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from jsonl_helpers import absolute_subset, check_detection_lines, read_lines
 from visionsweep.cli import main
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
@@ -20,32 +21,6 @@ TASK = "image_object_detection"
 CLASSES = ["can", "carton", "milk_bottle", "water_bottle"]
 
 
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _subset(source, count, output):
-    """The first ``count`` records of a JSONL file, with absolute image paths (the images stay where they are)."""
-    lines = _lines(source)[:count]
-    for line in lines:
-        line["image_url"] = str(source.parent / line["image_url"])
-    output.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return output
-
-
-def _check_prediction_lines(lines, score_floor, most):
-    for line in lines:
-        assert set(line) == {"filename", "boxes"}
-        scores = [item["score"] for item in line["boxes"]]
-        assert scores == sorted(scores, reverse=True) and len(scores) <= most
-        for item in line["boxes"]:
-            assert set(item) == {"box", "label", "score"} and item["label"] in CLASSES
-            assert list(item["box"]) == list(BOX_KEYS)  # the reference's key order
-            x0, y0, x1, y1 = item["box"].values()
-            assert 0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0
-            assert isinstance(item["score"], float) and score_floor <= item["score"] <= 1.0
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name, options", [
     ("fasterrcnn_resnet18_fpn", ["--set", "validation_metric_type=voc"]),
@@ -53,8 +28,8 @@ def _check_prediction_lines(lines, score_floor, most):
 ])
 def test_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, capsys, model_name, options):
     folder = datasets / "odFridgeObjects_FairMOTformat"
-    train = _subset(folder / "od_train.jsonl", 4, tmp_path / "train.jsonl")
-    val = _subset(folder / "od_val.jsonl", 3, tmp_path / "val.jsonl")
+    train = absolute_subset(folder / "od_train.jsonl", 4, tmp_path / "train.jsonl")
+    val = absolute_subset(folder / "od_val.jsonl", 3, tmp_path / "val.jsonl")
     run = tmp_path / "run"
     assert main(["train", "--task", TASK, "--data", str(train), "--validation-data", str(val), "--output", str(run),
                  "--no-progress", "--set", f"model_name={model_name}", "--set", "pretrained=false",
@@ -64,8 +39,8 @@ def test_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, capsys, mo
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["primary_metric"] == "mean_average_precision"
     assert json.loads((run / "model" / "labels.json").read_text()) == sorted(
-        {o["label"] for path in (train, val) for line in _lines(path) for o in line["label"]})
-    epoch = _lines(run / "metrics.jsonl")[0]
+        {o["label"] for path in (train, val) for line in read_lines(path) for o in line["label"]})
+    epoch = read_lines(run / "metrics.jsonl")[0]
     assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0
     validation = epoch["validation"]
     assert -1.0 <= validation["mean_average_precision"] <= 1.0
@@ -73,13 +48,13 @@ def test_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, capsys, mo
 
     predictions = tmp_path / "predictions.jsonl"
     assert main(["predict", str(run), str(val), "--output", str(predictions), "--set", "box_detections_per_img=5"]) == 0
-    lines = _lines(predictions)
-    assert [line["filename"] for line in lines] == [line["image_url"] for line in _lines(val)]
-    _check_prediction_lines(lines, 0.05, 5)
+    lines = read_lines(predictions)
+    assert [line["filename"] for line in lines] == [line["image_url"] for line in read_lines(val)]
+    check_detection_lines(lines, CLASSES, 0.05, 5)
     one_image = tmp_path / "one.jsonl"
-    assert main(["predict", str(run / "model"), _lines(val)[0]["image_url"], "--output", str(one_image),
+    assert main(["predict", str(run / "model"), read_lines(val)[0]["image_url"], "--output", str(one_image),
                  "--set", "box_score_thresh=0.5"]) == 0
-    _check_prediction_lines(_lines(one_image), 0.5, 100)
+    check_detection_lines(read_lines(one_image), CLASSES, 0.5, 100)
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(val), "--set", "box_detections_per_img=5"]) == 0

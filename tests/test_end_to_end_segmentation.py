@@ -8,18 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from jsonl_helpers import read_lines, write_lines
 from visionsweep.cli import main
 
 TASK = "image_instance_segmentation"
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(lines, path):
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 @pytest.mark.slow
@@ -30,11 +22,11 @@ def test_convert_train_predict_evaluate_on_coco128_seg(datasets, tmp_path, capsy
     assert main(["convert", "--from", "yolo", str(datasets / "coco128-seg"), "--output", str(converted),
                  "--option", f"names={tmp_path / 'coco.names'}", "--option", f"task={TASK}"]) == 0
     capsys.readouterr()
-    labelled = [line for line in _lines(converted) if line["label"]]
+    labelled = [line for line in read_lines(converted) if line["label"]]
     # Images with few objects keep the steps cheap on a CPU: two steps of two, two images to validate on.
     small = sorted(labelled, key=lambda line: len(line["label"]))[:4]
-    train = _write(small, tmp_path / "train.jsonl")
-    val = _write(small[:2], tmp_path / "val.jsonl")
+    train = write_lines(small, tmp_path / "train.jsonl")
+    val = write_lines(small[:2], tmp_path / "val.jsonl")
     run = tmp_path / "run"
     assert main(["train", "--task", TASK, "--data", str(train), "--validation-data", str(val), "--output", str(run),
                  "--no-progress", "--set", "model_name=maskrcnn_resnet18_fpn", "--set", "pretrained=false",
@@ -44,7 +36,7 @@ def test_convert_train_predict_evaluate_on_coco128_seg(datasets, tmp_path, capsy
                  "--set", "log_validation_loss=Disable", "--set", "num_workers=0", "--set", "seed=0"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["primary_metric"] == "mean_average_precision"
-    (epoch,) = _lines(run / "metrics.jsonl")
+    (epoch,) = read_lines(run / "metrics.jsonl")
     assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0
     assert 0.0 <= epoch["validation"]["mean_average_precision"] <= 1.0
     classes = json.loads((run / "model" / "labels.json").read_text())
@@ -54,7 +46,7 @@ def test_convert_train_predict_evaluate_on_coco128_seg(datasets, tmp_path, capsy
     assert main(["predict", str(run), str(val), "--output", str(predictions), "--set", "export_as_image=true",
                  "--set", "image_type=png", "--set", "max_number_of_polygon_points=6",
                  "--set", "mask_pixel_score_threshold=0.3"]) == 0
-    lines = _lines(predictions)
+    lines = read_lines(predictions)
     assert [line["filename"] for line in lines] == [line["image_url"] for line in small[:2]]
     boxes = [item for line in lines for item in line["boxes"]]
     assert boxes, "an untrained model at threshold 0.01 still reports boxes"

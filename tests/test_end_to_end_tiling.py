@@ -8,28 +8,20 @@ import json
 import numpy as np
 import pytest
 
+from jsonl_helpers import read_lines, write_lines
 from visionsweep.cli import main
 
 TASK = "image_object_detection"
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(lines, path):
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 @pytest.mark.slow
 def test_train_predict_evaluate_with_tiles_on_aerial_cars(datasets, tmp_path, capsys):
     converted = tmp_path / "all.jsonl"
     assert main(["convert", "--from", "yolo", str(datasets / "aerial-cars"), "--output", str(converted)]) == 0
-    records = _lines(converted)
+    records = read_lines(converted)
     assert len(records) == 49
-    train = _write(records[:1], tmp_path / "train.jsonl")
-    val = _write(records[1:2], tmp_path / "val.jsonl")
+    train = write_lines(records[:1], tmp_path / "train.jsonl")
+    val = write_lines(records[1:2], tmp_path / "val.jsonl")
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(["train", "--task", TASK, "--data", str(train), "--validation-data", str(val), "--output", str(run),
@@ -41,7 +33,7 @@ def test_train_predict_evaluate_with_tiles_on_aerial_cars(datasets, tmp_path, ca
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed"
     assert json.loads((run / "model" / "settings.json").read_text())["tile_grid_size"] == [3, 2]
-    epoch = _lines(run / "metrics.jsonl")[0]
+    epoch = read_lines(run / "metrics.jsonl")[0]
     assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0
     assert "mean_average_precision_train" not in epoch  # training metrics are off with tiling
     assert 0.0 <= epoch["validation"]["mean_average_precision"] <= 1.0
@@ -55,7 +47,7 @@ def test_train_predict_evaluate_with_tiles_on_aerial_cars(datasets, tmp_path, ca
     assert main(["predict", str(run), str(val), "--output", str(tiled), "--set", "box_detections_per_img=5"]) == 0
     assert main(["predict", str(run), str(val), "--output", str(plain), "--set", "box_detections_per_img=5",
                  "--set", "tile_grid_size=null"]) == 0
-    [tiled_line], [plain_line] = _lines(tiled), _lines(plain)
+    [tiled_line], [plain_line] = read_lines(tiled), read_lines(plain)
     assert tiled_line["filename"] == plain_line["filename"] == records[1]["image_url"]
     assert len(plain_line["boxes"]) <= 5 < len(tiled_line["boxes"]) <= 35
     scores = [b["score"] for b in tiled_line["boxes"]]

@@ -8,44 +8,18 @@ import json
 import numpy as np
 import pytest
 
+from jsonl_helpers import absolute_subset, check_detection_lines, read_lines
 from visionsweep.cli import main
-from visionsweep.inference.detection import BOX_KEYS
 
 TASK = "image_object_detection"
 CLASSES = ["can", "carton", "milk_bottle", "water_bottle"]
 
 
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _subset(source, count, output):
-    """The first ``count`` records of a JSONL file, with absolute image paths (the images stay where they are)."""
-    lines = _lines(source)[:count]
-    for line in lines:
-        line["image_url"] = str(source.parent / line["image_url"])
-    output.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return output
-
-
-def _check_prediction_lines(lines, score_floor):
-    for line in lines:
-        assert set(line) == {"filename", "boxes"}
-        scores = [item["score"] for item in line["boxes"]]
-        assert scores == sorted(scores, reverse=True) and len(scores) <= 300  # YOLOv5 keeps at most 300
-        for item in line["boxes"]:
-            assert set(item) == {"box", "label", "score"} and item["label"] in CLASSES
-            assert list(item["box"]) == list(BOX_KEYS)
-            x0, y0, x1, y1 = item["box"].values()
-            assert 0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0
-            assert isinstance(item["score"], float) and score_floor < item["score"] <= 1.0
-
-
 @pytest.mark.slow
 def test_yolov5_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, capsys):
     folder = datasets / "odFridgeObjects_FairMOTformat"
-    train = _subset(folder / "od_train.jsonl", 8, tmp_path / "train.jsonl")
-    val = _subset(folder / "od_val.jsonl", 4, tmp_path / "val.jsonl")
+    train = absolute_subset(folder / "od_train.jsonl", 8, tmp_path / "train.jsonl")
+    val = absolute_subset(folder / "od_val.jsonl", 4, tmp_path / "val.jsonl")
     run = tmp_path / "run"
     assert main(["train", "--task", TASK, "--data", str(train), "--validation-data", str(val), "--output", str(run),
                  "--no-progress", "--set", "model_name=yolov5", "--set", "model_size=small",
@@ -58,7 +32,7 @@ def test_yolov5_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, cap
     stored = json.loads((run / "model" / "settings.json").read_text())
     assert (stored["model_name"], stored["model_size"], stored["img_size"]) == ("yolov5", "small", 128)
     assert stored["box_score_thresh"] == 0.1 and stored["nms_iou_thresh"] == 0.5  # the yolov5 defaults
-    epochs = _lines(run / "metrics.jsonl")
+    epochs = read_lines(run / "metrics.jsonl")
     for epoch in epochs:
         assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0
         assert epoch["train_loss"] == pytest.approx(
@@ -70,15 +44,15 @@ def test_yolov5_train_predict_evaluate_on_fridge_objects(datasets, tmp_path, cap
     # An untrained detector's scores sit far below the default 0.1; a low threshold gives boxes to check.
     predictions = tmp_path / "predictions.jsonl"
     assert main(["predict", str(run), str(val), "--output", str(predictions), "--set", "box_score_thresh=0.001"]) == 0
-    lines = _lines(predictions)
-    assert [line["filename"] for line in lines] == [line["image_url"] for line in _lines(val)]
+    lines = read_lines(predictions)
+    assert [line["filename"] for line in lines] == [line["image_url"] for line in read_lines(val)]
     assert any(line["boxes"] for line in lines)
-    _check_prediction_lines(lines, 0.001)
+    check_detection_lines(lines, CLASSES, 0.001, 300)  # YOLOv5 keeps at most 300
     one_image = tmp_path / "one.jsonl"
-    assert main(["predict", str(run / "model"), _lines(val)[0]["image_url"], "--output", str(one_image),
+    assert main(["predict", str(run / "model"), read_lines(val)[0]["image_url"], "--output", str(one_image),
                  "--set", "box_score_thresh=0.002"]) == 0
-    (single,) = _lines(one_image)
-    _check_prediction_lines([single], 0.002)
+    (single,) = read_lines(one_image)
+    check_detection_lines([single], CLASSES, 0.002, 300)
     # The same image and model: the higher threshold keeps exactly the boxes above it, in the same places.
     kept = [item for item in lines[0]["boxes"] if item["score"] > 0.002]
     assert single["boxes"] and len(single["boxes"]) == len(kept)
