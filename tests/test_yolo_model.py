@@ -1,4 +1,4 @@
-"""YOLOv5 network: sizes and parameter counts, layer names, decoding, freezing, EMA."""
+"""YOLOv5 network: sizes and parameter counts, layer names, decoding, freezing, EMA, fusion for inference."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import torch
 
 from visionsweep.errors import SettingsError
 from visionsweep.models.freezing import freeze_layer_groups, train_mode
-from visionsweep.models.yolo import BACKBONE_LAYER_GROUPS, ModelEMA, YoloLoss, build_yolov5
+from visionsweep.models.yolo import BACKBONE_LAYER_GROUPS, ModelEMA, YoloLoss, build_yolov5, fused_for_inference
+from visionsweep.models.yolo.layers import Conv
 
 # Trainable parameters of the reference v3.0 models (spec 2.7), at 80 and at 1 class.
 REFERENCE_PARAMETERS = {
@@ -168,3 +169,27 @@ def test_ema_follows_the_decay_ramp():
     model.state_dict()[counter].fill_(7)
     ema.update(model)
     assert ema.module.state_dict()[counter].item() == 0
+
+
+def test_fused_model_predicts_what_the_model_predicts():
+    torch.manual_seed(0)
+    model = build_yolov5(3, "small")
+    for module in model.modules():  # BatchNorm statistics far from the identity, so folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    model.train()
+    fused = fused_for_inference(model)
+    images = torch.rand(2, 3, 96, 128)
+    assert model.training and not fused.training  # the original is left as it was
+    model.eval()
+    with torch.no_grad():
+        expected, _ = model(images)
+        found, _ = fused(images)
+    convs = [m for m in fused.modules() if isinstance(m, Conv)]
+    assert convs and all(isinstance(m.bn, torch.nn.Identity) and m.conv.bias is not None for m in convs)
+    assert all(isinstance(m.bn, torch.nn.BatchNorm2d) for m in model.modules() if isinstance(m, Conv))
+    scale = expected.abs().max()
+    assert torch.allclose(found, expected, atol=1e-4 * scale, rtol=1e-4)

@@ -25,7 +25,7 @@ from visionsweep.inference.detection import ImageDetections, prediction_line
 from visionsweep.inference.detection import score_prediction_file  # noqa: F401  (the task's file scoring)
 from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
-from visionsweep.models.yolo import YoloLoss
+from visionsweep.models.yolo import YoloLoss, fused_for_inference
 from visionsweep.training.environment import make_loader
 from visionsweep.training.tiling import TiledYoloGroupDataset, TiledYoloOps, collate_yolo_tile_groups
 from visionsweep.training.yolo import ReportingYoloDataset, YoloOps, collate_yolo
@@ -59,9 +59,9 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
                    iou_threshold=settings.validation_iou_threshold, validation_loss=False,
                    training_batch_size=settings.training_batch_size, track_training_metrics=False,
                    on_failures=on_failures)
-    trained.model.eval()
+    model = fused_for_inference(trained.model)
     with torch.no_grad():
-        for batch, predictions in ops.predict(trained.model, loader, stage="prediction"):
+        for batch, predictions in ops.predict(model, loader, stage="prediction"):
             for position, index in enumerate(batch.indices.tolist()):
                 size = batch.infos[position].original_size
                 yield ImageDetections(records[index], predictions[position], batch.ground_truth[position], size, size)

@@ -7,9 +7,10 @@ from visionsweep.models.yolo.ema import ModelEMA
 from visionsweep.models.yolo.loss import LevelTargets, YoloLoss, match_anchors
 from visionsweep.models.yolo.model import (
     ANCHORS, BACKBONE_LAYER_GROUPS, HEAD_PREFIXES, MAX_STRIDE, MODEL_SIZES, Detect, YoloV5, build_yolov5,
+    fused_for_inference,
 )
 
 __all__ = [
     "ANCHORS", "BACKBONE_LAYER_GROUPS", "Detect", "HEAD_PREFIXES", "LevelTargets", "MAX_STRIDE", "MODEL_SIZES",
-    "ModelEMA", "YoloLoss", "YoloV5", "build_yolov5", "match_anchors",
+    "ModelEMA", "YoloLoss", "YoloV5", "build_yolov5", "fused_for_inference", "match_anchors",
 ]

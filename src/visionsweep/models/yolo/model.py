@@ -11,11 +11,13 @@ and C3 blocks) do not fit.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from visionsweep.errors import SettingsError
 from visionsweep.models.yolo.layers import SPP, BottleneckCSP, Concat, Conv, Focus
@@ -175,6 +177,18 @@ class YoloV5(nn.Module):
             _, raw = self(torch.zeros(1, in_channels, 128, 128, device=self.detect.anchors.device))
         self.train(was_training)
         return [128.0 / r.shape[2] for r in raw]
+
+
+def fused_for_inference(model: YoloV5) -> YoloV5:
+    """A copy of ``model`` in eval mode with each Conv's BatchNorm folded into its convolution: the same
+    outputs (to float rounding) with one operation fewer per layer. The copy is for prediction only; its
+    state dict no longer matches a checkpoint's, and the original is left as it was."""
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, Conv) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return fused
 
 
 def _scaled_layers(in_channels: int, depth: float, width: float) -> tuple[list[nn.Module], list[int]]:
