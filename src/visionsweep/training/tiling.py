@@ -38,7 +38,6 @@ from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
 from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
 from visionsweep.inference.tiling import TilePredictions, merge_tile_predictions
-from visionsweep.inference.yolo_postprocess import postprocess
 from visionsweep.settings import Settings
 from visionsweep.training.detection import (
     DetectionBatch,
@@ -323,17 +322,9 @@ class TiledYoloOps(YoloOps):
     def _detect(self, model: nn.Module, loader: Iterable, stage: str
                 ) -> Iterator[tuple[YoloBatch, list[dict[str, Tensor]], list[Tensor]]]:
         for tiled in loader:
-            batch = tiled.batch
-            if batch.failures:
-                self.on_failures(batch.failures, stage)
-            if not len(batch.images):
-                continue
-            decoded, raw = model(self._to_input(batch.images))
-            found = postprocess(decoded, score_thresh=self.score_thresh, iou_thresh=self.nms_thresh,
-                                letterbox=batch.infos)
-            predictions = [{"boxes": d.boxes.detach().float().cpu(), "scores": d.scores.detach().float().cpu(),
-                            "labels": d.labels.detach().cpu()} for d in found]
-            yield merge_yolo_batch(batch, tiled.tiles, predictions, raw, self.tiling.nms_threshold)
+            found = self._detect_batch(model, tiled.batch, stage)
+            if found is not None:
+                yield merge_yolo_batch(tiled.batch, tiled.tiles, *found, self.tiling.nms_threshold)
 
 
 def merge_yolo_batch(batch: YoloBatch, tiles: Sequence[Tile | None], predictions: Sequence[dict[str, Tensor]],

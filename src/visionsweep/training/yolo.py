@@ -230,14 +230,22 @@ class YoloOps(TaskOps):
     def _detect(self, model: nn.Module, loader: Iterable, stage: str
                 ) -> Iterator[tuple[YoloBatch, list[Target], list[Tensor]]]:
         for batch in loader:
-            if batch.failures:
-                self.on_failures(batch.failures, stage)
-            if not len(batch.images):
-                continue
-            decoded, raw = model(self._to_input(batch.images))
-            found = postprocess(decoded, score_thresh=self.score_thresh, iou_thresh=self.nms_thresh,
-                                letterbox=batch.infos)
-            yield batch, [_on_cpu(d.boxes, d.scores, d.labels) for d in found], raw
+            found = self._detect_batch(model, batch, stage)
+            if found is not None:
+                yield batch, *found
+
+    def _detect_batch(self, model: nn.Module, batch: YoloBatch, stage: str
+                      ) -> tuple[list[Target], list[Tensor]] | None:
+        """Each image's detections (on the CPU, original pixels) and the raw maps; None for a batch with no
+        readable image. Unreadable images go to ``on_failures``."""
+        if batch.failures:
+            self.on_failures(batch.failures, stage)
+        if not len(batch.images):
+            return None
+        decoded, raw = model(self._to_input(batch.images))
+        found = postprocess(decoded, score_thresh=self.score_thresh, iou_thresh=self.nms_thresh,
+                            letterbox=batch.infos)
+        return [_on_cpu(d.boxes, d.scores, d.labels) for d in found], raw
 
     def _loss_of(self, model: nn.Module) -> YoloLoss:
         # Built on first use from whichever network comes first; the anchors and class count it reads
