@@ -12,7 +12,7 @@ from visionsweep.data.importers import ImportResult
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.report import DataReport
-from visionsweep.errors import SettingsError
+from visionsweep.errors import DataError, SettingsError
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference import yolo as yolo_inference
@@ -59,6 +59,10 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
         for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report, **options):
             out.write(json.dumps(json_ready(line)) + "\n")
             count += 1
+    report.images_checked = "decoded"  # each kept image was decoded to predict on; those that failed are skipped
+    if count == 0:
+        output.unlink()  # an empty file would pass for a finished prediction
+        raise DataError(f"no image of {inputs} could be read, so there is nothing to predict on.\n{report.summary()}")
     return PredictionResult(output=output, images=count, report=report)
 
 
@@ -77,6 +81,7 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
                                      max_image_pixels=trained.settings.max_image_pixels)
         metrics = _inference(trained.task, trained.model_name).evaluate_model(trained, labelled.records,
                                                                               labelled.report)
+        labelled.report.images_checked = "decoded"  # the model read every kept image; those that failed are skipped
         return metrics, labelled.report
     if task is None:
         raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
