@@ -55,6 +55,7 @@ CASES = {
     "pretrained_weights": ((CLS, "resnet18"), "w.pth", None, 3),
     "device": ((CLS, "resnet18"), "cpu", None, 3),
     "mixed_precision": ((CLS, "resnet18"), False, None, "x"),
+    "max_image_pixels": ((CLS, "resnet18"), 200_000_000, 1_000_000_001, "lots"),
     "weighted_loss": ((CLS, "resnet18"), 2, 3, "x"),
     "imbalance_rate_threshold": ((CLS, "resnet18"), 3, -1, "x"),
     "valid_resize_size": ((CLS, "resnet18"), 300, 0, "x"),

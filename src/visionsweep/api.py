@@ -12,7 +12,7 @@ from visionsweep.data.importers import ImportResult
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.report import DataReport
-from visionsweep.errors import SettingsError
+from visionsweep.errors import DataError, SettingsError
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference import yolo as yolo_inference
@@ -49,7 +49,7 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     settings of the training run (e.g. ``valid_resize_size``, ``box_score_thresh``).
     """
     trained = load_trained_model(model, overrides=settings)
-    records, report = collect_inputs(inputs)
+    records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -59,6 +59,10 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
         for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report, **options):
             out.write(json.dumps(json_ready(line)) + "\n")
             count += 1
+    report.images_checked = "decoded"  # each kept image was decoded to predict on; those that failed are skipped
+    if count == 0:
+        output.unlink()  # an empty file would pass for a finished prediction
+        raise DataError(f"no image of {inputs} could be read, so there is nothing to predict on.\n{report.summary()}")
     return PredictionResult(output=output, images=count, report=report)
 
 
@@ -73,15 +77,17 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
         raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
     if model is not None:
         trained = load_trained_model(model, overrides=settings)
-        labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors)
+        labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors,
+                                     max_image_pixels=trained.settings.max_image_pixels)
         metrics = _inference(trained.task, trained.model_name).evaluate_model(trained, labelled.records,
                                                                               labelled.report)
+        labelled.report.images_checked = "decoded"  # the model read every kept image; those that failed are skipped
         return metrics, labelled.report
     if task is None:
         raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
     task = parse_task(task)
-    labelled = read_labeled_data(data, task)
     resolved = resolve_settings(task, settings)
+    labelled = read_labeled_data(data, task, max_image_pixels=resolved.max_image_pixels)
     options = {} if task.is_classification else {  # how detections are matched and scored
         "metric_type": resolved.validation_metric_type, "iou_threshold": resolved.validation_iou_threshold}
     metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report, **options)
@@ -89,12 +95,19 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
 
 
 def validate_data(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,
-                  settings: Mapping[str, Any] | None = None) -> TrainingData:
-    """Read and check the data as ``train`` would, without training: the data reports and the split."""
+                  settings: Mapping[str, Any] | None = None, decode_images: bool = True) -> TrainingData:
+    """Read and check the data as ``train`` would, without training: the data reports and the split.
+
+    Every image is decoded in full, so that any image training would fail to read is reported here;
+    ``decode_images=False`` reads only headers and file structure, as ``train`` does before it starts
+    (faster; an image damaged further in, such as a JPEG cut short, is then found only by training).
+    The reports say which check ran (``images_checked``).
+    """
     resolved = resolve_settings(task, settings)
     return load_training_data(resolved.task, data, validation_data, validation_size=resolved.validation_size,
                               seed=resolved.seed if resolved.seed is not None else 0,
-                              ignore_data_errors=resolved.ignore_data_errors)
+                              ignore_data_errors=resolved.ignore_data_errors,
+                              max_image_pixels=resolved.max_image_pixels, decode_images=decode_images)
 
 
 def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:

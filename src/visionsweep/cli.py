@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Images above max_image_pixels are skipped and reported; PIL's warning about them would only repeat it.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         return args.handler(args)
     except (VisionSweepError, NotImplementedError) as error:
@@ -61,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--data", required=True)
     validate.add_argument("--validation-data")
     validate.add_argument("--output", help="also write the report to this JSON file")
+    validate.add_argument("--headers-only", action="store_true",
+                          help="check image headers and file structure only, as train does before it starts, "
+                               "instead of decoding every image (faster; a damaged image such as a JPEG cut short "
+                               "is then found only by training)")
     _settings_options(validate)
     validate.set_defaults(handler=_validate)
 
@@ -134,7 +141,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from visionsweep import api
 
-    data = api.validate_data(args.task, args.data, args.validation_data, settings=_settings(args))
+    data = api.validate_data(args.task, args.data, args.validation_data, settings=_settings(args),
+                             decode_images=not args.headers_only)
     for report in data.reports:
         print(report.summary(max_lines=50))
     source = "held out of the training data" if data.split_from_training else "given"

@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 
 from visionsweep.data import report as reasons
 from visionsweep.data.detection_labels import box_problem, polygon_box
-from visionsweep.data.images import is_image_file, probe_image
+from visionsweep.data.images import ImageProblem, is_image_file, probe_image
 from visionsweep.data.importers import ImportResult, register_importer
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.report import DataReport
@@ -238,7 +238,7 @@ def export_coco(records: Iterable[ImageRecord], classes: Sequence[str], path: st
     sizes = _record_sizes(records)
     images, annotations = [], []
     for image_id, (record, size) in enumerate(zip(records, sizes), start=1):
-        if isinstance(size, str):
+        if isinstance(size, (str, ImageProblem)):
             raise DataError(f"export_coco: cannot read the size of {record.image_path}: {size}")
         width, height = size
         images.append({"id": image_id, "file_name": _relative_name(record.image_path, path.parent),
@@ -282,8 +282,8 @@ def _finish(pending: list[_Pending], report: DataReport, parse: _ObjectParser) -
         if probe is None:
             report.skip(item.location, reasons.MISSING_FILE, f"{item.image_path} does not exist", item.image_url)
             continue
-        if isinstance(probe, str):
-            report.skip(item.location, reasons.UNREADABLE_IMAGE, f"{item.image_path} {probe}", item.image_url)
+        if isinstance(probe, ImageProblem):
+            report.skip(item.location, probe.reason, f"{item.image_path} {probe.detail}", item.image_url)
             continue
         size = item.declared or probe
         if item.declared and not _same_shape(item.declared, probe):
@@ -356,8 +356,8 @@ def _declared_size(width: Any, height: Any) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def _record_sizes(records: list[ImageRecord]) -> list[tuple[int, int] | str]:
-    def size(record: ImageRecord) -> tuple[int, int] | str:
+def _record_sizes(records: list[ImageRecord]) -> list[tuple[int, int] | str | ImageProblem]:
+    def size(record: ImageRecord) -> tuple[int, int] | str | ImageProblem:
         if record.width and record.height:
             return record.width, record.height
         if not record.image_path.is_file():

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from visionsweep.data import report as reasons
-from visionsweep.data.images import probe_image
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, probe_image
 from visionsweep.data.labels import BadLabel, LabelParser, label_parser
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
@@ -30,19 +30,21 @@ def read_labeled_data(
     *,
     ignore_data_errors: bool = True,
     label_column: str = "label",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    decode_images: bool = False,
 ) -> LabeledData:
     """Read a JSONL file or an MLTable folder into records, checking every image and label.
 
     Records that cannot be used are skipped and listed in the report with their reason. With
     ``ignore_data_errors=False`` any skipped record is an error instead (all of them are listed).
-    Raises ``DataError`` when no usable image is left.
+    Raises ``DataError`` when no usable image is left. Images are checked as ``check_images`` does.
     """
     source = Path(source)
     report = DataReport(source=str(source))
     candidates: list[ImageRecord] = []
     for jsonl_path in _jsonl_files(source):
         candidates.extend(parse_jsonl(jsonl_path, report, label_parser(task), label_column))
-    records = check_images(candidates, report)
+    records = check_images(candidates, report, max_pixels=max_image_pixels, decode=decode_images)
     report.kept = len(records)
     for record in records:
         for name in record.class_names():
@@ -189,18 +191,29 @@ def resolve_image_url(url: str, base: Path) -> Path | None:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def check_images(records: list[ImageRecord], report: DataReport) -> list[ImageRecord]:
-    """Keep records whose image exists, can be decoded and appears for the first time; report the
-    others in ``report``. Kept records get the image's width and height."""
-    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O bound
-        probes = list(pool.map(_probe, (r.image_path for r in records)))
+def check_images(records: list[ImageRecord], report: DataReport, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 decode: bool = False) -> list[ImageRecord]:
+    """Keep records whose image exists, can be read, has at most ``max_pixels`` pixels and appears for
+    the first time; report the others in ``report``. Kept records get the image's width and height.
+
+    ``decode`` decodes every image in full, which finds every image that training would fail to read;
+    without it only headers and file structure are read (``probe_image``). The report says which.
+    """
+    def probe(path: Path) -> tuple[int, int] | ImageProblem | None:
+        return probe_image(path, max_pixels=max_pixels, decode=decode) if path.is_file() else None
+
+    # Header reads are I/O bound; full decodes hold up to a whole image each, so fewer run at once.
+    with ThreadPoolExecutor(max_workers=4 if decode else 8) as pool:
+        probes = list(pool.map(probe, (r.image_path for r in records)))
+    report.images_checked = "decoded" if decode else "headers"
     kept = []
     first_seen: dict[Path, str] = {}
-    for record, probe in zip(records, probes):
-        if isinstance(probe, str):
-            reason = reasons.MISSING_FILE if probe == _MISSING else reasons.UNREADABLE_IMAGE
-            detail = f"{record.image_path} does not exist" if probe == _MISSING else f"{record.image_path} {probe}"
-            report.skip(record.location, reason, detail, record.image_url)
+    for record, probed in zip(records, probes):
+        if probed is None:
+            report.skip(record.location, reasons.MISSING_FILE, f"{record.image_path} does not exist", record.image_url)
+            continue
+        if isinstance(probed, ImageProblem):
+            report.skip(record.location, probed.reason, f"{record.image_path} {probed.detail}", record.image_url)
             continue
         key = record.image_path.resolve()
         if key in first_seen:
@@ -208,15 +221,6 @@ def check_images(records: list[ImageRecord], report: DataReport) -> list[ImageRe
                         f"the same image is already listed at {first_seen[key]}", record.image_url)
             continue
         first_seen[key] = record.location
-        width, height = probe
+        width, height = probed
         kept.append(replace(record, width=width, height=height))
     return kept
-
-
-_MISSING = "missing"
-
-
-def _probe(path: Path) -> tuple[int, int] | str:
-    if not path.is_file():
-        return _MISSING
-    return probe_image(path)

@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from visionsweep.data.jsonl import read_labeled_data
-from visionsweep.data.records import ImageRecord
+from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
 from visionsweep.data.split import split_train_validation
 from visionsweep.errors import DataError
@@ -23,14 +24,18 @@ class TrainingData:
 
 def load_training_data(task: Task, data: str | Path, validation_data: str | Path | None, *,
                        validation_size: float, seed: int, ignore_data_errors: bool,
-                       label_column: str = "label") -> TrainingData:
+                       label_column: str = "label", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                       decode_images: bool = False) -> TrainingData:
     """Read the training data and either read the validation data or hold out ``validation_size``
-    of the training images (stratified, seeded)."""
-    train = read_labeled_data(data, task, ignore_data_errors=ignore_data_errors, label_column=label_column)
+    of the training images (stratified, seeded). Images are checked as ``read_labeled_data`` does."""
+    def read(source: str | Path) -> LabeledData:
+        return read_labeled_data(source, task, ignore_data_errors=ignore_data_errors, label_column=label_column,
+                                 max_image_pixels=max_image_pixels, decode_images=decode_images)
+
+    train = read(data)
     reports = [train.report]
     if validation_data is not None:
-        validation = read_labeled_data(validation_data, task, ignore_data_errors=ignore_data_errors,
-                                       label_column=label_column)
+        validation = read(validation_data)
         reports.append(validation.report)
         train_records, val_records = train.records, validation.records
     else:

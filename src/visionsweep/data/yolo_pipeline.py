@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visionsweep.data.images import load_rgb
+from visionsweep.data.images import load_record_rgb
 from visionsweep.data.records import ImageRecord
 
 PAD_VALUE = 114  # grey of letterbox padding, the mosaic canvas and affine borders
@@ -71,7 +71,7 @@ class AffineParams:
 
 def load_sample(record: ImageRecord, class_index: Mapping[str, int]) -> YoloSample:
     """Read a detection record's image (RGB, EXIF-upright) and turn its normalised boxes into pixels."""
-    image = np.asarray(load_rgb(record.image_path))
+    image = np.asarray(load_record_rgb(record))
     height, width = image.shape[:2]
     boxes = np.array([o.box for o in record.objects], dtype=np.float32).reshape(-1, 4)
     boxes *= np.array([width, height, width, height], dtype=np.float32)

@@ -44,7 +44,8 @@ def predict_probabilities(trained: TrainedModel, records: Sequence[ImageRecord],
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
         for index, error in failures:
             failed.add(index)
-            report.skip(records[index].location, reasons.UNREADABLE_IMAGE, error, records[index].image_url)
+            report.skip_kept(records[index].location, reasons.UNREADABLE_IMAGE, error,
+                             records[index].image_url)
             if not settings.ignore_data_errors:
                 raise DataError(f"image {records[index].image_path} could not be read: {error}")
 
@@ -70,6 +71,8 @@ def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report
     if not scorable:
         raise DataError(f"no labelled image uses the model's classes ({', '.join(trained.labels)})")
     _, probabilities, targets = predict_probabilities(trained, scorable, report)
+    if len(probabilities) == 0:
+        raise DataError(f"no labelled image could be read.\n{report.summary()}")
     return classification_metrics(probabilities, targets, trained.labels, trained.task.is_multilabel)
 
 
@@ -86,8 +89,8 @@ def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord
         if line.get("labels") != labels:
             raise DataError(f"{predictions}: the labels list of {record.image_url} differs from the first line's")
         if not isinstance(probs, list) or len(probs) != len(labels):
-            report.skip(record.location, reasons.MALFORMED_LINE, f"'probs' must hold {len(labels)} numbers",
-                        record.image_url)
+            report.skip_kept(record.location, reasons.MALFORMED_LINE,
+                             f"'probs' must hold {len(labels)} numbers", record.image_url)
             continue
         rows.append(probs)
         scored.append(record)

@@ -81,7 +81,8 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
 
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
         for index, error in failures:
-            report.skip(records[index].location, reasons.UNREADABLE_IMAGE, error, records[index].image_url)
+            report.skip_kept(records[index].location, reasons.UNREADABLE_IMAGE, error,
+                             records[index].image_url)
             if not settings.ignore_data_errors:
                 raise DataError(f"image {records[index].image_path} could not be read: {error}")
 
@@ -181,7 +182,8 @@ def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord
         try:
             parsed.append((record, _read_boxes(line), _read_polygons(line) if segmentation else []))
         except ValueError as error:
-            report.skip(record.location, reasons.MALFORMED_LINE, f"{predictions}: {error}", record.image_url)
+            report.skip_kept(record.location, reasons.MALFORMED_LINE, f"{predictions}: {error}",
+                             record.image_url)
     if not parsed:
         raise DataError(f"no prediction of {predictions} can be scored.\n{report.summary()}")
     classes = sorted({name for record, *_ in parsed for name in record.class_names()}

@@ -7,18 +7,21 @@ from typing import Sequence
 
 from visionsweep.data import report as reasons
 
-from visionsweep.data.images import is_image_file
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, is_image_file
 from visionsweep.data.jsonl import check_images, parse_jsonl, read_mltable
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 
 
-def collect_inputs(source: str | Path) -> tuple[list[ImageRecord], DataReport]:
+def collect_inputs(source: str | Path, *,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[list[ImageRecord], DataReport]:
     """The images to predict on, each named as its source lists it (the ``filename`` of the output).
 
-    JSONL lines need only ``image_url``; any label is ignored. Images that are missing or cannot be
-    decoded are left out and reported. Raises ``DataError`` when no image is left.
+    JSONL lines need only ``image_url``; any label is ignored. Images that are missing, cannot be
+    read or have more than ``max_image_pixels`` pixels are left out and reported (headers are
+    checked here; an image that fails to decode later is reported by the predictor). Raises
+    ``DataError`` when no image is left.
     """
     source = Path(source)
     report = DataReport(source=str(source))
@@ -31,7 +34,7 @@ def collect_inputs(source: str | Path) -> tuple[list[ImageRecord], DataReport]:
     else:
         report.records_read = 1
         candidates = [ImageRecord(image_path=source, image_url=str(source), location=str(source))]
-    records = check_images(candidates, report)
+    records = check_images(candidates, report, max_pixels=max_image_pixels)
     report.kept = len(records)
     if not records:
         raise DataError(f"no readable image to predict on in {source}.\n{report.summary()}")
@@ -51,15 +54,15 @@ def _folder_inputs(folder: Path, report: DataReport) -> list[ImageRecord]:
 def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str],
                         report: DataReport) -> list[ImageRecord]:
     """Records whose classes (labels or objects) the model knows; the others are reported, since a class
-    the model cannot name would count against it unfairly."""
+    the model cannot name would count against it unfairly. ``report`` counted them as kept."""
     known = set(labels)
     kept = []
     for record in records:
         unknown = sorted(set(record.class_names()) - known)
         if unknown:
-            report.skip(record.location, reasons.BAD_LABEL,
-                        f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
-                        record.image_url)
+            report.skip_kept(record.location, reasons.BAD_LABEL,
+                             f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
+                             record.image_url)
         else:
             kept.append(record)
     return kept

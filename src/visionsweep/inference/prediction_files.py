@@ -21,8 +21,8 @@ def match_prediction_lines(path: str | Path, records: Sequence[ImageRecord],
     for record in records:
         line = lines.pop(record.image_url, None) or lines.pop(str(record.image_path), None)
         if line is None:
-            report.skip(record.location, "no prediction", "no line of the predictions file has this filename",
-                        record.image_url)
+            report.skip_kept(record.location, "no prediction",
+                             "no line of the predictions file has this filename", record.image_url)
         else:
             pairs.append((record, line))
     for name in lines:

@@ -49,7 +49,8 @@ def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataRe
 
     def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
         for index, error in failures:
-            report.skip(records[index].location, reasons.UNREADABLE_IMAGE, error, records[index].image_url)
+            report.skip_kept(records[index].location, reasons.UNREADABLE_IMAGE, error,
+                             records[index].image_url)
             if not settings.ignore_data_errors:
                 raise DataError(f"image {records[index].image_path} could not be read: {error}")
 

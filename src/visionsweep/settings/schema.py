@@ -88,6 +88,14 @@ class Settings(BaseModel):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     mixed_precision: bool = Field(True, description="Use automatic mixed precision on CUDA (no effect on CPU).")
 
+    # --- images (all tasks) ----------------------------------------------------------------------
+    # The default is PIL's own limit (visionsweep.data.images.DEFAULT_MAX_IMAGE_PIXELS, not imported so
+    # that reading settings does not load the image stack); the cap is a gigapixel, 3 GB decoded as RGB.
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, le=1_000_000_000,
+        description="Images with more pixels (width x height) are refused before decoding: possible "
+                    "decompression bombs (docs/security.md).")
+
     # --- classification ------------------------------------------------------------------------
     weighted_loss: Literal[0, 1, 2] = Field(0, description="0 none, 1 sqrt(class weights), 2 class weights.")
     imbalance_rate_threshold: NonNegativeInt = Field(

@@ -84,10 +84,13 @@ class ClassificationOps(TaskOps):
 
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
         probabilities, targets = self.predict(model, loader, stage="validation")
+        if len(probabilities) == 0:
+            raise DataError("no validation image could be read, so no metric can be computed")
         return classification_metrics(probabilities, targets, self.classes, self.multilabel)
 
     def predict(self, model: nn.Module, loader: Iterable, stage: str) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and targets of every readable image the loader yields, in loader order."""
+        """Probabilities (N, C) and targets of every readable image the loader yields, in loader order;
+        N is 0 when none could be read."""
         outputs, targets = [], []
         for batch in loader:
             if batch.failures:
@@ -98,7 +101,8 @@ class ClassificationOps(TaskOps):
             outputs.append(self._probabilities(logits.float()).cpu())
             targets.append(batch.targets)
         if not outputs:
-            raise DataError(f"no {stage} image could be read, so no metric can be computed")
+            empty = np.zeros((0, len(self.classes)), dtype=np.float32)
+            return empty, (empty.copy() if self.multilabel else np.zeros(0, dtype=np.int64))
         return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
 
     def training_metrics(self) -> dict[str, float]:

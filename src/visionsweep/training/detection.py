@@ -30,7 +30,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from visionsweep.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from visionsweep.data.detection_labels import check_detection_data
-from visionsweep.data.images import load_rgb
+from visionsweep.data.images import load_record_rgb
 from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import TrainingError
@@ -239,7 +239,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> DetectionItem:
         record = self.records[index]
         try:
-            image = pil_to_tensor(load_rgb(record.image_path))
+            image = pil_to_tensor(load_record_rgb(record))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             return DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}")
         height, width = image.shape[-2:]

@@ -113,7 +113,8 @@ def train(
         seed_everything(seed, settings.deterministic)
         device = select_device(settings.device)
         data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
-                                   ignore_data_errors=settings.ignore_data_errors, label_column=label_column)
+                                   ignore_data_errors=settings.ignore_data_errors, label_column=label_column,
+                                   max_image_pixels=settings.max_image_pixels)
         for report in data_.reports:
             log.info("%s", report.summary())
         write_jsonl(data_.train, run_dir / "train.jsonl", task)

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.functional import pil_to_tensor
 
-from visionsweep.data.images import load_rgb, probe_image
+from visionsweep.data.images import ImageProblem, load_record_rgb, probe_image
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
 from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
@@ -114,7 +114,7 @@ class TiledTrainingDataset(DetectionDataset):
     def __getitem__(self, position: int) -> DetectionItem:
         index, tile, objects = self.elements[position]
         try:
-            image = pil_to_tensor(load_rgb(self.records[index].image_path))
+            image = pil_to_tensor(load_record_rgb(self.records[index]))
         except _DECODE_ERRORS as error:
             return DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}")
         return _prepare(self, index, image, tile, objects)
@@ -133,7 +133,7 @@ class TileGroupDataset(DetectionDataset):
     def __getitem__(self, index: int) -> list[TiledItem]:
         record = self.records[index]
         try:
-            image = pil_to_tensor(load_rgb(record.image_path))
+            image = pil_to_tensor(load_record_rgb(record))
         except _DECODE_ERRORS as error:
             return [TiledItem(None, DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}"))]
         height, width = image.shape[-2:]
@@ -267,7 +267,7 @@ class TiledYoloTrainingDataset(ReportingYoloDataset):
 
     def _element_sample(self, position: int) -> YoloSample:
         index, tile, objects = self.elements[position]
-        image = np.asarray(load_rgb(self.records[index].image_path))
+        image = np.asarray(load_record_rgb(self.records[index]))
         return _yolo_sample(image, tile, objects, self.class_index)
 
 
@@ -285,7 +285,7 @@ class TiledYoloGroupDataset(ReportingYoloDataset):
     def __getitem__(self, index: int) -> list[TiledItem]:
         record = self.records[index]
         try:
-            image = np.asarray(load_rgb(record.image_path))
+            image = np.asarray(load_record_rgb(record))
         except _DECODE_ERRORS as error:
             return [TiledItem(None, YoloItem(index, None, None, None, None, [(index, _describe(error))]))]
         height, width = image.shape[:2]
@@ -377,7 +377,7 @@ def _image_size(record: ImageRecord) -> tuple[int, int] | None:
     if record.width and record.height:
         return record.width, record.height
     probe = probe_image(record.image_path)
-    return None if isinstance(probe, str) else probe
+    return None if isinstance(probe, ImageProblem) else probe
 
 
 def _group_starts(tiles: Sequence[Tile | None], indices: Tensor) -> list[int]:
