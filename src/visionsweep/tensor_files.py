@@ -4,14 +4,18 @@ The one place that opens PyTorch and safetensors files. A PyTorch file is unpick
 ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists, tuples and dicts (and torch's
 own tensor, dtype and size types) are built; any other object the pickle names is refused before it is
 created, so a ``__reduce__`` payload never runs. The explicit ``weights_only=True`` also wins over the
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable. The vendor's pickled YOLOv5 release files are
-the one other reader, with an unpickler that builds nothing but tensors (``models/yolo/weights.py``).
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable. Before unpickling, the container is checked:
+no PyTorch 0.3 tar file (torch would unpack it to disk) and no compressed zip record (a zip bomb), so the
+tensors a load builds are never larger than the file. The vendor's pickled YOLOv5 release files are the one
+other reader, with an unpickler that builds nothing but tensors (``models/yolo/weights.py``), and the same
+container check.
 """
 from __future__ import annotations
 
 import pickle
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 def load_torch_file(path: Path, error: type[VisionSweepError]) -> Any:
     """The content of a ``torch.save`` file, if it holds only tensors and plain data.
 
-    Anything else (a pickled object, a truncated or corrupt file, the tar format of PyTorch 0.3) raises
-    ``error`` with a message naming ``path``.
+    Anything else (a pickled object, a truncated or corrupt file, a container that ``check_torch_container``
+    refuses) raises ``error`` with a message naming ``path``.
     """
-    if _is_tar_format(path):
-        # torch would extract its members to a temporary folder; nothing visionsweep reads is that old.
-        raise error(f"{path} is in the tar format of PyTorch 0.3 and earlier, which visionsweep does not read; "
-                    "load it with that PyTorch and save its state dict again")
+    check_torch_container(path, error)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as caught:
@@ -44,6 +45,24 @@ def load_torch_file(path: Path, error: type[VisionSweepError]) -> Any:
                     "safetensors.torch.save_file") from None
     except Exception as caught:  # a corrupt file fails in many ways (zip, pickle, storage sizes); all mean this
         raise error(f"{path} is not a readable PyTorch file (truncated or corrupt: {_detail(caught)})") from None
+
+
+def check_torch_container(path: Path, error: type[VisionSweepError]) -> None:
+    """Refuse, before anything is unpickled, the containers torch.load would unpack unsafely: the tar format
+    of PyTorch 0.3 and zip files with compressed records. Every reader of PyTorch files calls this first."""
+    try:
+        tar_format = _is_tar_format(path)
+    except OSError as caught:
+        raise error(f"{path} cannot be read: {caught.strerror or caught}") from None
+    if tar_format:
+        # torch would extract its members to a temporary folder; nothing visionsweep reads is that old.
+        raise error(f"{path} is in the tar format of PyTorch 0.3 and earlier, which visionsweep does not read; "
+                    "load it with that PyTorch and save its state dict again")
+    compressed = _compressed_record(path)
+    if compressed is not None:
+        raise error(f"{path} is refused unread: its record {compressed} is compressed. torch.save never compresses, "
+                    "and a compressed record can expand to a thousand times the file's size in memory; save the "
+                    "file again with torch.save")
 
 
 def load_safetensors_file(path: Path, error: type[VisionSweepError]) -> dict[str, torch.Tensor]:
@@ -64,6 +83,22 @@ def _is_tar_format(path: Path) -> bool:
         return tarfile.is_tarfile(path)
     except OSError:
         return False
+
+
+def _compressed_record(path: Path) -> str | None:
+    """The first record of a zip-format file that is not stored as is (a zip bomb's way in), or None.
+
+    Uncompressed records bound the memory a load takes by the file's size. A file that is not a readable
+    zip is left to torch.load, which reports it as corrupt.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():
+                if record.compress_type != zipfile.ZIP_STORED or record.file_size != record.compress_size:
+                    return record.filename
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    return None
 
 
 def _refusal(error: pickle.UnpicklingError) -> str | None:

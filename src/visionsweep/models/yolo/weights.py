@@ -28,6 +28,7 @@ from torch import nn
 
 from visionsweep.errors import WeightsUnavailableError
 from visionsweep.models.weights import WeightsSource, read_state_dict
+from visionsweep.tensor_files import check_torch_container
 
 # The vendor's release 3.0 assets; the files are cached under a name that carries the release, so they
 # never collide with another release's ``yolov5s.pt`` in the same cache folder.
@@ -75,7 +76,9 @@ def read_vendor_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     The averaged weights (``"ema"``) are taken when the file has them, else ``"model"``. No class of the
     vendor's code base is imported or called: see the module docstring.
     """
+    check_torch_container(path, WeightsUnavailableError)
     try:
+        # weights_only=False is what lets torch use _InertPickle; it builds nothing but tensors (see below)
         content = torch.load(path, map_location="cpu", pickle_module=_InertPickle, weights_only=False)
     except Exception as error:  # a corrupt or foreign file fails in many ways; all mean "cannot read"
         raise WeightsUnavailableError(f"{path} could not be read as a pickled checkpoint: {error}") from None
