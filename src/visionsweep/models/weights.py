@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from visionsweep.errors import WeightsUnavailableError
+from visionsweep.tensor_files import load_safetensors_file, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +107,14 @@ def find_weights(model_name: str, source: WeightsSource | None, explicit_file: s
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or PyTorch weights file; unwrap the usual ``state_dict`` / ``model`` nesting."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read a ``.safetensors`` or PyTorch weights file; unwrap the usual ``state_dict`` / ``model`` nesting.
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WeightsUnavailableError(f"{path} is not a readable PyTorch weights file: {error}") from None
+    Neither runs anything from the file (``visionsweep.tensor_files``); a file that is corrupt, or holds
+    pickled objects besides tensors and plain data, raises WeightsUnavailableError naming it.
+    """
+    if path.suffix == ".safetensors":
+        return load_safetensors_file(path, WeightsUnavailableError)
+    state = load_torch_file(path, WeightsUnavailableError)
     for key in ("model_state", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -138,7 +138,13 @@ def load_pretrained(
     which means the file belongs to another architecture.
     """
     path = find_weights(model_name, source, explicit_file)
-    state = source.reader(path) if source is not None and source.reader is not None else read_state_dict(path)
+    try:
+        state = source.reader(path) if source is not None and source.reader is not None else read_state_dict(path)
+    except WeightsUnavailableError as error:
+        if explicit_file is not None:
+            raise
+        raise WeightsUnavailableError(f"{error}. It is the cached download of {model_name}'s weights: delete it "
+                                      "to download it again, or pass pretrained_weights=PATH") from None
     if adapt is not None:
         state = adapt(state, model)
     loaded = load_matching(model, state, skip_prefixes=skip_prefixes)

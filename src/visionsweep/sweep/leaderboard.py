@@ -133,7 +133,8 @@ def copy_best_model(row: LeaderboardRow, run_dir: str | Path, primary_metric: st
     else:
         staging = run_dir / f".{BEST_MODEL_DIR}.{os.getpid()}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
+        # A trial killed while saving leaves NAME.pt.partial beside the last good checkpoint (save_checkpoint)
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.partial"))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         record["copied_to"] = str(target)

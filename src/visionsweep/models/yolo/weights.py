@@ -28,6 +28,7 @@ from torch import nn
 
 from visionsweep.errors import WeightsUnavailableError
 from visionsweep.models.weights import WeightsSource, read_state_dict
+from visionsweep.tensor_files import check_torch_container
 
 # The vendor's release 3.0 assets; the files are cached under a name that carries the release, so they
 # never collide with another release's ``yolov5s.pt`` in the same cache folder.
@@ -57,6 +58,8 @@ def weights_for_settings(settings: Mapping[str, Any]) -> WeightsSource:
 
 def read_yolov5_weights(path: Path) -> dict[str, torch.Tensor]:
     """A YOLOv5 state dict from a plain weights file or from the vendor's pickled release file."""
+    if path.suffix == ".safetensors":
+        return read_state_dict(path)
     try:
         return read_state_dict(path)
     except WeightsUnavailableError as plain_error:
@@ -73,7 +76,9 @@ def read_vendor_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     The averaged weights (``"ema"``) are taken when the file has them, else ``"model"``. No class of the
     vendor's code base is imported or called: see the module docstring.
     """
+    check_torch_container(path, WeightsUnavailableError)
     try:
+        # weights_only=False is what lets torch use _InertPickle; it builds nothing but tensors (see below)
         content = torch.load(path, map_location="cpu", pickle_module=_InertPickle, weights_only=False)
     except Exception as error:  # a corrupt or foreign file fails in many ways; all mean "cannot read"
         raise WeightsUnavailableError(f"{path} could not be read as a pickled checkpoint: {error}") from None
@@ -126,6 +131,10 @@ class _Placeholder:
     def __init__(self, *args: Any, **kwargs: Any):
         pass
 
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Placeholder":
+        # Protocol 2 pickles a method as getattr(class, name), then calls the result: record that call too.
+        return type(self)(*args)
+
     def __setstate__(self, state: Any) -> None:
         # nn.Module pickles its __dict__; objects with __slots__ pickle (dict, slots).
         self.state = state[0] if isinstance(state, tuple) and len(state) == 2 else state
@@ -140,23 +149,46 @@ class _Placeholder:
         self.items.extend(values)
 
 
-# Exactly what torch needs to rebuild tensors and the containers a module's state holds. torch's own
-# loader resolves storage classes before asking ``find_class``.
-_ALLOWED = {
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"), ("builtins", "set"),
-    ("builtins", "frozenset"), ("torch", "Size"), ("torch", "device"),
+def _tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
+            metadata: Any = None) -> torch.Tensor:
+    """torch's own tensor rebuild, without the backward hooks the file may attach (placeholders, never run)."""
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+                                           collections.OrderedDict(), metadata)
+
+
+def _parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> torch.Tensor:
+    """A parameter from its tensor, without the hooks and the attributes (``state``) the file may attach."""
+    return torch._utils._rebuild_parameter(data, requires_grad, collections.OrderedDict())
+
+
+# The only callables a pickle can reach: tensor rebuilds that build nothing but tensors, and the types a
+# module's state holds. torch's own loader resolves storage classes before asking ``find_class``.
+_REBUILDS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor, ("torch._utils", "_rebuild_parameter"): _parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
+}
+_TYPES = {
+    ("collections", "OrderedDict"): collections.OrderedDict, ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset, ("torch", "Size"): torch.Size, ("torch", "device"): torch.device,
 }
 _PYTHON2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
 class _InertUnpickler(pickle.Unpickler):
+    """Unpickling runs code only through what ``find_class`` returns (``REDUCE``, ``NEWOBJ``, ``INST`` and
+    ``OBJ`` call it, ``BUILD`` calls its ``__setstate__``). Here that is one of ``_REBUILDS``, one of
+    ``_TYPES``, a torch dtype, or a fresh ``_Placeholder`` subclass, whose constructor and ``__setstate__``
+    only store their arguments; no module is imported and no attribute of one is looked up by name."""
+
     def find_class(self, module: str, name: str) -> Any:
         module = _PYTHON2_MODULES.get(module, module)  # protocol 2 pickles name builtins "__builtin__"
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        known = _REBUILDS.get((module, name)) or _TYPES.get((module, name))
+        if known is not None:
+            return known
+        # vars(), not getattr(): torch's module __getattr__ would import a submodule for some names.
+        dtype = vars(torch).get(name) if module == "torch" else None
+        if isinstance(dtype, torch.dtype):
+            return dtype
         return type(name, (_Placeholder,), {"__slots__": (), "qualified_name": f"{module}.{name}"})
 
 
@@ -170,24 +202,37 @@ class _InertPickle:
         return _InertUnpickler(file, **kwargs).load()
 
 
-def _module_state(module: _Placeholder, prefix: str) -> dict[str, torch.Tensor]:
-    """``state_dict()`` of a pickled nn.Module tree: parameters, persistent buffers, then submodules."""
-    state = module.state if isinstance(module.state, dict) else {}
+def _module_state(root: _Placeholder, prefix: str) -> dict[str, torch.Tensor]:
+    """``state_dict()`` of a pickled nn.Module tree: parameters, persistent buffers, then submodules.
+
+    Walked with a stack, each module once, so a hostile file's cycles or deep nesting end the walk
+    rather than the process.
+    """
     result: dict[str, torch.Tensor] = {}
-    for name, tensor in _entries(state.get("_parameters")):
-        if isinstance(tensor, torch.Tensor):
-            result[prefix + name] = tensor.detach()
-    transient = state.get("_non_persistent_buffers_set") or set()
-    for name, tensor in _entries(state.get("_buffers")):
-        if isinstance(tensor, torch.Tensor) and name not in transient:
-            result[prefix + name] = tensor.detach()
-    for name, child in _entries(state.get("_modules")):
-        if isinstance(child, _Placeholder):
-            result.update(_module_state(child, f"{prefix}{name}."))
+    seen: set[int] = set()
+    pending = [(prefix, root)]
+    while pending:
+        prefix, module = pending.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        state = module.state if isinstance(module.state, dict) else {}
+        for name, tensor in _entries(state.get("_parameters")):
+            if isinstance(tensor, torch.Tensor):
+                result[prefix + name] = tensor.detach()
+        transient = state.get("_non_persistent_buffers_set")
+        transient = transient if isinstance(transient, (set, frozenset)) else set()
+        for name, tensor in _entries(state.get("_buffers")):
+            if isinstance(tensor, torch.Tensor) and name not in transient:
+                result[prefix + name] = tensor.detach()
+        children = [(f"{prefix}{name}.", child) for name, child in _entries(state.get("_modules"))
+                    if isinstance(child, _Placeholder)]
+        pending.extend(reversed(children))  # depth first, in the pickled order, as state_dict() is
     return result
 
 
 def _entries(container: Any) -> list[tuple[str, Any]]:
-    if isinstance(container, (dict, collections.OrderedDict)):
-        return list(container.items())
+    """The string-named entries of a dict (a module's ``_parameters``, ``_buffers``, ``_modules``)."""
+    if isinstance(container, dict):
+        return [(name, value) for name, value in container.items() if isinstance(name, str)]
     return []
