@@ -1,7 +1,7 @@
 """Every job in examples/ loads, plans, and draws settings that the schema accepts (no training).
 
-The Azure examples are checked against the facts of their originals (limits, sampling, policy,
-sub-spaces), so that an edit that drifts from Azure's job shows up here. Their data paths are
+The Azure examples are checked against the facts of their current originals (limits, sampling,
+policy, sub-spaces, source link), so that an edit that drifts from Azure's job shows up here. Their data paths are
 checked against the shared datasets when those are present, and the conversion that examples/README.md
 documents for coco128-seg is run as written.
 """
@@ -19,7 +19,7 @@ from visionsweep.cli import main
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
-from visionsweep.sweep.job import load_job, parse_job
+from visionsweep.sweep.job import DEFAULT_TIMEOUT_MINUTES, load_job, parse_job
 from visionsweep.sweep.plan import plan_sweep
 from visionsweep.sweep.sampling import make_sampler
 from visionsweep.sweep.space import merge_settings, suggest, validate_config
@@ -28,6 +28,8 @@ from visionsweep.tasks import Task
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yml"))
+AZURE_FILES = [p for p in EXAMPLE_FILES if p.stem.startswith("cli-automl-img-")]
+AZURE_SOURCE = "https://github.com/Azure/azureml-examples/blob/main/cli/jobs/automl-standalone-jobs/"
 CPU = Hardware(gpus=0, gpu_memory_gib=0.0, cpus=2)
 BIG_GPU = Hardware(gpus=1, gpu_memory_gib=80.0, cpus=16)
 AZURE_BANDIT = {"type": "bandit", "slack_factor": 0.2, "evaluation_interval": 2, "delay_evaluation": 6}
@@ -35,18 +37,18 @@ GENERATED = "data/coco128-seg.jsonl"  # written by the convert command of exampl
 
 # file stem -> (task, mode, models the search space may pick, or None for AutoMode)
 EXPECTED = {
-    "cli-automl-image-classification-multiclass-task-fridge-items":
+    "cli-automl-img-cls-mc-task-fridge-items":
         (Task.CLASSIFICATION, "sweep", {"vitb16r224", "vits16r224", "seresnext", "resnet50"}),
-    "cli-automl-image-classification-multiclass-task-fridge-items-automode": (Task.CLASSIFICATION, "automode", None),
-    "cli-automl-image-classification-multilabel-task-fridge-items":
+    "cli-automl-img-cls-mc-task-fridge-items-automode": (Task.CLASSIFICATION, "automode", None),
+    "cli-automl-img-cls-ml-task-fridge-items":
         (Task.MULTILABEL, "sweep", {"vitb16r224", "seresnext"}),
-    "cli-automl-image-classification-multilabel-task-fridge-items-automode": (Task.MULTILABEL, "automode", None),
-    "cli-automl-image-object-detection-task-fridge-items":
+    "cli-automl-img-cls-ml-task-fridge-items-automode": (Task.MULTILABEL, "automode", None),
+    "cli-automl-img-od-task-fridge-items":
         (Task.OBJECT_DETECTION, "sweep", {"yolov5", "fasterrcnn_resnet50_fpn"}),
-    "cli-automl-image-object-detection-task-fridge-items-automode": (Task.OBJECT_DETECTION, "automode", None),
-    "cli-automl-image-instance-segmentation-task-coco128-seg":
+    "cli-automl-img-od-task-fridge-items-automode": (Task.OBJECT_DETECTION, "automode", None),
+    "cli-automl-img-ins-seg-task-coco128-seg":
         (Task.INSTANCE_SEGMENTATION, "sweep", {"maskrcnn_resnet50_fpn"}),
-    "cli-automl-image-instance-segmentation-task-coco128-seg-automode": (Task.INSTANCE_SEGMENTATION, "automode", None),
+    "cli-automl-img-ins-seg-task-coco128-seg-automode": (Task.INSTANCE_SEGMENTATION, "automode", None),
     "fridge-multiclass-cpu-quick": (Task.CLASSIFICATION, "sweep", {"resnet18", "mobilenetv2"}),
 }
 
@@ -76,19 +78,41 @@ def test_example_loads_plans_and_every_trial_validates(path):
             assert picked == models  # the seeded quick sweep tries both families
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if p.stem.startswith("cli-automl")], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", AZURE_FILES, ids=lambda p: p.stem)
 def test_azure_examples_keep_azures_limits_sampling_and_policy(path):
     raw = yaml.safe_load(path.read_text())
     job = load_job(path, check_data=False)
-    assert (job.limits.max_trials, job.limits.max_concurrent_trials, job.limits.timeout_minutes) == (10, 2, 60)
-    assert raw["log_verbosity"] == "debug" and raw["target_column_name"] == "label" and "compute" in raw
+    assert (job.limits.max_trials, job.limits.max_concurrent_trials) == (10, 2)
+    assert raw["log_verbosity"] == "debug" and raw["target_column_name"] == "label"
+    assert raw["compute"] == "azureml:gpu-cluster"
     assert any(note.startswith("compute is ignored") for note in job.notes)
+    assert not any("older location" in note for note in job.notes)  # Azure moved sweep.limits to limits in 2022
     if job.mode == "sweep":
+        assert job.limits.timeout_minutes == 60
         assert job.sampling.algorithm == "random" and job.sampling.seed is None
         assert raw["sweep"]["early_termination"] == AZURE_BANDIT
         assert dict(job.training_parameters) == {"early_stopping": True, "evaluation_frequency": 1}
+        # Azure's current files spell every distribution as an object ({type: choice, values: [...]})
+        assert all(isinstance(value, dict) for sub in raw["search_space"] for key, value in sub.items())
     else:
+        # Azure removed the AutoMode jobs' timeout (azureml-examples #1968): the reference default applies
+        assert "timeout_minutes" not in raw["limits"] and job.limits.timeout_minutes == DEFAULT_TIMEOUT_MINUTES
         assert "sweep" not in raw and "search_space" not in raw and "training_parameters" not in raw
+
+
+@pytest.mark.parametrize("path", AZURE_FILES, ids=lambda p: p.stem)
+def test_azure_examples_link_their_source_by_its_current_name(path):
+    """Azure renamed its files in 2024 (cli-automl-image-... to cli-automl-img-...); ours carry the
+    current names, so that the link in each file's header is the file's own name in Azure's folder."""
+    links = re.findall(r"^# (https://\S+)$", path.read_text(), flags=re.MULTILINE)
+    assert len(links) == 1, f"{path.name} should name its one source"
+    folder, name = links[0].removeprefix(AZURE_SOURCE).split("/")
+    azure_stem = path.stem.replace("coco128-seg", "fridge-items")  # the data ours uses instead
+    assert name == f"{azure_stem}.yml"
+    short = re.match(r"cli-automl-img-(.+)-task", name)[1]
+    task = {"cls-mc": "classification-multiclass", "cls-ml": "classification-multilabel",
+            "od": "object-detection", "ins-seg": "instance-segmentation"}[short]
+    assert folder == f"cli-automl-image-{task}-task-fridge-items"
 
 
 def _beside_the_repository(datasets: Path) -> None:
@@ -106,10 +130,10 @@ def test_example_data_paths_exist_and_read(datasets):
         job = load_job(path)  # checks that the data paths exist
         for data in (job.training_data, job.validation_data):
             counts[(path.stem, data.path.name)] = len(read_labeled_data(data.path, job.task).records)
-    assert counts[("cli-automl-image-classification-multiclass-task-fridge-items", "mltable_cls_train")] == 104
-    assert counts[("cli-automl-image-classification-multiclass-task-fridge-items", "mltable_cls_val")] == 30
-    assert counts[("cli-automl-image-classification-multilabel-task-fridge-items", "mltable_multilabel_train")] == 100
-    assert counts[("cli-automl-image-object-detection-task-fridge-items", "mltable_od_val")] == 28
+    assert counts[("cli-automl-img-cls-mc-task-fridge-items", "mltable_cls_train")] == 104
+    assert counts[("cli-automl-img-cls-mc-task-fridge-items", "mltable_cls_val")] == 30
+    assert counts[("cli-automl-img-cls-ml-task-fridge-items", "mltable_multilabel_train")] == 100
+    assert counts[("cli-automl-img-od-task-fridge-items", "mltable_od_val")] == 28
 
 
 def test_documented_conversion_feeds_the_instance_segmentation_examples(datasets, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
@@ -15,6 +16,9 @@ from visionsweep.settings import load_settings_file, parse_set_options
 from visionsweep.utils import json_ready, write_json
 
 log = logging.getLogger("visionsweep")
+
+DESCRIPTION = ("Local-first AutoML for computer vision, compatible with Azure AutoML for Images: train, sweep, "
+               "predict and evaluate image classification, object detection and instance segmentation models.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,11 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionsweep", description=__doc__.split(":")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from visionsweep.data import importer_names
+    from visionsweep.tasks import Task
+
+    tasks = ", ".join(task.value for task in Task)
+    parser = argparse.ArgumentParser(
+        prog="visionsweep", description=DESCRIPTION,
+        epilog="'visionsweep COMMAND --help' describes the options of a command.")
+    parser.add_argument("--version", action="version", version=f"visionsweep {_version()}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
     train = commands.add_parser("train", help="train one model and write its run folder")
-    train.add_argument("--task", required=True, help="image_classification, image_classification_multilabel, ...")
+    train.add_argument("--task", required=True, help=f"the task, one of: {tasks}")
     train.add_argument("--data", required=True, help="training data: a JSONL file or an MLTable folder")
     train.add_argument("--validation-data", help="validation data; without it validation_size is held out")
     _settings_options(train)
@@ -54,15 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", nargs="?", help="a run folder, model folder or checkpoint (omit with --predictions)")
     evaluate.add_argument("--data", required=True, help="labelled data: a JSONL file or an MLTable folder")
     evaluate.add_argument("--predictions", help="a predictions file in the scoring format, scored without a model")
-    evaluate.add_argument("--task", help="the task of --predictions")
+    evaluate.add_argument("--task", help=f"the task of --predictions, one of: {tasks}")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     _settings_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     validate = commands.add_parser("validate-data", help="check data as train would and print the data report")
-    validate.add_argument("--task", required=True)
-    validate.add_argument("--data", required=True)
-    validate.add_argument("--validation-data")
+    validate.add_argument("--task", required=True, help=f"the task, one of: {tasks}")
+    validate.add_argument("--data", required=True, help="training data: a JSONL file or an MLTable folder")
+    validate.add_argument("--validation-data", help="validation data; without it validation_size is held out")
     validate.add_argument("--output", help="also write the report to this JSON file")
     validate.add_argument("--headers-only", action="store_true",
                           help="check image headers and file structure only, as train does before it starts, "
@@ -72,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     convert = commands.add_parser("convert", help="import another annotation layout into Azure JSONL")
-    convert.add_argument("--from", dest="source_format", required=True, help="folder, csv, ...")
-    convert.add_argument("source", help="the folder or file to import")
+    convert.add_argument("--from", dest="source_format", required=True, choices=importer_names(), metavar="FORMAT",
+                         help=f"the layout of SOURCE, one of: {', '.join(importer_names())} (docs/data.md)")
+    convert.add_argument("source", metavar="SOURCE", help="the folder or file to import")
     convert.add_argument("--output", required=True, help="JSONL file to write")
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="an importer option, e.g. multilabel=true or image_root=DIR (repeatable)")
@@ -82,15 +95,26 @@ def _parser() -> argparse.ArgumentParser:
     add_sweep_commands(commands)
 
     models = commands.add_parser("models", help="list the model names of a task (or of every task)")
-    models.add_argument("--task")
+    models.add_argument("--task", help=f"only this task, one of: {tasks}")
     models.set_defaults(handler=_models)
 
     example = commands.add_parser("example", help="write a small bundled dataset and train on it end to end")
     example.add_argument("name", choices=["digits"], help="digits: scikit-learn's handwritten digits")
-    example.add_argument("--output", default="runs/digits-example", help="folder for data and run")
-    example.add_argument("--epochs", type=int, default=4)
+    example.add_argument("--output", default="runs/digits-example",
+                         help="folder for the data and the run (default: %(default)s)")
+    example.add_argument("--epochs", type=int, default=4, help="training epochs (default: %(default)s)")
     example.set_defaults(handler=_example)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version, else (a source tree on the path) the package's own."""
+    try:
+        return importlib.metadata.version("visionsweep")
+    except importlib.metadata.PackageNotFoundError:
+        from visionsweep import __version__
+
+        return __version__
 
 
 def _settings_options(parser: argparse.ArgumentParser) -> None:

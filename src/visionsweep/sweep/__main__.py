@@ -13,8 +13,10 @@ from visionsweep.sweep.commands import add_sweep_commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m visionsweep.sweep", description=__doc__.splitlines()[0])
-    add_sweep_commands(parser.add_subparsers(dest="command", required=True))
+    parser = argparse.ArgumentParser(prog="python -m visionsweep.sweep",
+                                     description="The sweep commands of visionsweep (run, status, dashboard), "
+                                                 "as each worker of a sweep on several machines runs them.")
+    add_sweep_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:"))
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

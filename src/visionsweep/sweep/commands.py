@@ -16,18 +16,19 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--run-dir", help="run folder (default: runs/STUDY_NAME); the same folder resumes")
     run.add_argument("--storage", help="database URL shared by several workers, e.g. postgresql://user@host/db")
     run.add_argument("--study-name", help="study name in the storage (default: the job's name or file name)")
-    run.add_argument("--trainer", default=DEFAULT_TRAINER, help="trainer as module:function")
+    run.add_argument("--trainer", default=DEFAULT_TRAINER,
+                     help="the function that trains one trial, as module:function (default: %(default)s)")
     run.add_argument("--devices", help="comma-separated CUDA device ids, or 'cpu' (default: all visible GPUs)")
     run.set_defaults(handler=_run)
 
     status = commands.add_parser("status", help="progress of a running or finished sweep")
-    status.add_argument("run_dir")
+    status.add_argument("run_dir", help="the sweep's run folder (the --run-dir of run)")
     status.set_defaults(handler=_status)
 
     dashboard = commands.add_parser("dashboard", help="open a sweep in optuna-dashboard")
-    dashboard.add_argument("run_dir")
-    dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("run_dir", help="the sweep's run folder (the --run-dir of run)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port to serve on (default: %(default)s)")
     dashboard.set_defaults(handler=_dashboard)
 
 
