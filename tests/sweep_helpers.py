@@ -7,7 +7,7 @@ folder on the path of the test process (pytest's rootdir insertion, or ``pythonp
 the trials.
 
 The stand-in (``fake_train``) "trains" ``number_of_epochs`` epochs, reporting a score that rises
-towards ``1 - 40 * |learning_rate - 0.005|``: epoch e scores ``ceiling - 0.2 / (e + 1)``. Special
+towards ``1 - 40 * |learning_rate - 0.005|``: epoch n (counted from 1) scores ``ceiling - 0.2 / n``. Special
 learning rates make it fail in each way a trial can; environment variables slow it down or make it
 ignore a stop request.
 """
@@ -33,7 +33,7 @@ from visionsweep.sweep.runner import SweepResult, run_sweep
 
 TRAINER = "sweep_helpers:fake_train"
 EPOCH_SECONDS = "VS_TEST_EPOCH_SECONDS"
-STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch on, one epoch takes a minute ...
+STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch (counted from 1) on, one epoch takes a minute ...
 IGNORE_STOP = "VS_TEST_IGNORE_STOP"  # ... and the trainer does not honour a stop request
 RAISES, EXITS, NO_MEMORY, KILLED = 0.0021, 0.0031, 0.0041, 0.0051
 
@@ -53,7 +53,7 @@ class FakeResult:
     status: str
     primary_metric: str
     best_score: float
-    best_epoch: int
+    best_epoch: int | None
     epochs_run: int
 
 
@@ -66,7 +66,7 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
     (Path(output) / "environment.json").write_text(json.dumps(
         {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}))
     if lr == RAISES:
-        raise RuntimeError("synthetic failure in epoch 0")
+        raise RuntimeError("synthetic failure in epoch 1")
     if lr == EXITS:
         os._exit(7)
     if lr == NO_MEMORY:
@@ -76,11 +76,11 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
     model_dir = Path(output) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     ceiling = 1 - 40 * abs(lr - 0.005)
-    best, best_epoch, status = float("-inf"), 0, "completed"
-    stall = int(os.environ.get(STALL_AFTER, "-1"))
-    for epoch in range(settings["number_of_epochs"]):
-        time.sleep(60 if 0 <= stall <= epoch else float(os.environ.get(EPOCH_SECONDS, "0")))
-        score = ceiling - 0.2 / (epoch + 1)
+    best, best_epoch, status = float("-inf"), None, "completed"
+    stall = int(os.environ.get(STALL_AFTER, "0"))
+    for epoch in range(1, settings["number_of_epochs"] + 1):
+        time.sleep(60 if 0 < stall <= epoch else float(os.environ.get(EPOCH_SECONDS, "0")))
+        score = ceiling - 0.2 / epoch
         if score > best:
             best, best_epoch = score, epoch
             (model_dir / "weights.txt").write_text(repr(score))
@@ -88,7 +88,7 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
                 and not os.environ.get(IGNORE_STOP):
             status = "cancelled"
             break
-    return FakeResult(Path(output), model_dir, status, "accuracy", best, best_epoch, epoch + 1)
+    return FakeResult(Path(output), model_dir, status, "accuracy", best, best_epoch, epoch)
 
 
 def job_writer(folder: Path) -> Callable[..., Path]:

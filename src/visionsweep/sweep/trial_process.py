@@ -20,7 +20,7 @@ Trainer contract (the signature of ``visionsweep.train``)::
 
 ``result`` has (as attributes or keys) ``status`` (completed | early_stopped | cancelled),
 ``best_score``, ``best_epoch``, ``epochs_run``, ``model_dir``; each epoch report has ``epoch``,
-``evaluated``, ``metrics`` and ``primary_value``.
+``evaluated``, ``metrics`` and ``primary_value``. Epochs are counted from 1 (``best_epoch`` too).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 class EpochReporter:
     """The ``epoch_callback`` given to the trainer: reports, asks the pruner, honours the stop file.
 
-    The pruner is not asked after ``last_epoch`` (0-based, the trial's final epoch when known):
+    The pruner is not asked after ``last_epoch`` (the number of the trial's final epoch when known):
     stopping there saves nothing, and the trial that ran its whole schedule is recorded completed
     rather than cancelled. Its value is still reported, so that later trials compare against it.
     """
@@ -191,12 +191,12 @@ def classify_error(error: BaseException) -> str:
 
 
 def _last_epoch(task: str, settings: dict[str, Any]) -> int | None:
-    """The 0-based index of the trial's final epoch (None when the settings do not resolve: the
-    trainer then reports the problem itself)."""
+    """The number (counted from 1) of the trial's final epoch (None when the settings do not
+    resolve: the trainer then reports the problem itself)."""
     from visionsweep.settings import resolve_settings
 
     try:
-        return int(resolve_settings(task, settings).number_of_epochs) - 1
+        return int(resolve_settings(task, settings).number_of_epochs)
     except (SettingsError, ValueError, TypeError):
         return None
 

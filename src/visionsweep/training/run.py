@@ -9,6 +9,8 @@ Run folder layout (docs/outputs.md)::
     RUN_DIR/train.log
     RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
     RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json
+
+Epochs are numbered from 1 in everything written here, as the training loop numbers them.
 """
 from __future__ import annotations
 
@@ -93,8 +95,8 @@ def train(
 
     ``data`` and ``validation_data`` are JSONL files or MLTable folders; without validation data,
     ``validation_size`` of the training images are held out. ``settings`` are hyperparameters by
-    name. ``epoch_callback(report)`` runs after each epoch; returning True cancels the run, which
-    then still ends with its best model folder written. ``label_column`` is the JSONL key holding
+    name. ``epoch_callback(report)`` runs after each epoch (``report.epoch`` counts from 1); returning
+    True cancels the run, which then still ends with its best model folder written. ``label_column`` is the JSONL key holding
     the labels (an Azure job's ``target_column_name``).
     """
     task = parse_task(task)
@@ -161,10 +163,11 @@ def _train(task: Task, settings: Settings, data: TrainingData, run_dir: Path, de
     model_dir = run_dir / "model"
     if result.best_epoch is None:  # every evaluation was NaN: keep the final weights, say so
         log.warning("no epoch produced a usable %s; the model folder holds the final weights", settings.primary_metric)
-        recorder.save_best(model, result.epochs_run - 1, None, {})
+        recorder.save_best(model, result.epochs_run, None, {})
     write_json(model_dir / "labels.json", data.classes)
     write_json(model_dir / "settings.json", settings.to_dict())
-    write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "metrics": result.best_metrics})
+    write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                                            "epochs_count_from": 1, "metrics": result.best_metrics})
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
              settings.primary_metric, _format(result.best_score), result.best_epoch)
     return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
@@ -184,7 +187,8 @@ class _EpochRecorder:
 
     def __call__(self, report: EpochReport, model: nn.Module) -> bool:
         line = {
-            "epoch": report.epoch, "train_loss": report.train_loss, "learning_rate": report.learning_rate,
+            "epoch": report.epoch, "epochs_count_from": 1,
+            "train_loss": report.train_loss, "learning_rate": report.learning_rate,
             "duration_s": round(report.duration_s, 3), "train_duration_s": round(report.train_duration_s, 3),
             "evaluated": report.evaluated,
             "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
@@ -198,12 +202,14 @@ class _EpochRecorder:
         if report.is_best:
             self.save_best(model, report.epoch, report.primary_value, scalar_metrics(report.metrics))
         frequency = self.settings.checkpoint_frequency
-        if frequency and report.epoch % frequency == 0:
+        if frequency and (report.epoch - 1) % frequency == 0:  # epochs 1, 1 + N, 1 + 2N ... as the reference
             self._save(self.run_dir / "checkpoints" / f"epoch_{report.epoch}.pt", model, report.epoch,
                        report.primary_value, scalar_metrics(report.metrics), with_optimizer=True)
-        log.info("epoch %d/%d: train loss %s, %s %s (best %s at epoch %s), %.1f s", report.epoch + 1,
-                 self.settings.number_of_epochs, _format(report.train_loss), self.settings.primary_metric,
-                 _format(report.primary_value), _format(report.best_score), report.best_epoch, report.duration_s)
+        best = "no best yet" if report.best_epoch is None else \
+            f"best {_format(report.best_score)} at epoch {report.best_epoch}"
+        log.info("epoch %d/%d: train loss %s, %s %s (%s), %.1f s", report.epoch, self.settings.number_of_epochs,
+                 _format(report.train_loss), self.settings.primary_metric, _format(report.primary_value), best,
+                 report.duration_s)
         return bool(self.callback(report)) if self.callback else False
 
     def save_best(self, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any]) -> None:
