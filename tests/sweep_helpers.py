@@ -30,6 +30,7 @@ from visionsweep.sweep import attrs
 from visionsweep.sweep.job import load_job
 from visionsweep.sweep.launch import WORKER_ENTRY, python_command
 from visionsweep.sweep.runner import SweepResult, run_sweep
+from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 
 TRAINER = "sweep_helpers:fake_train"
 EPOCH_SECONDS = "VS_TEST_EPOCH_SECONDS"
@@ -57,10 +58,14 @@ class FakeResult:
     epochs_run: int
 
 
-def fake_train(task, data, validation_data=None, *, settings, output, epoch_callback=None, progress=True):
+def fake_train(task, data, validation_data=None, *, settings, output, epoch_callback=None, progress=True,
+               overwrite=False):
     """Stand-in for visionsweep.train with the same contract (see trial_process). ``settings`` are
     the given keys only, as the real trainer resolves the defaults itself. It also writes the
-    ``CUDA_VISIBLE_DEVICES`` and ``OMP_NUM_THREADS`` it was started with to ``environment.json``."""
+    ``CUDA_VISIBLE_DEVICES`` and ``OMP_NUM_THREADS`` it was started with to ``environment.json``.
+    An earlier run in ``output`` is refused unless ``overwrite``, by the real trainer's rule."""
+    check_run_folder(Path(output), overwrite=overwrite)
+    clear_run_folder(Path(output))
     lr = settings["learning_rate"]
     print(f"fake training {settings.get('model_name', 'default')} lr={lr}", flush=True)
     (Path(output) / "environment.json").write_text(json.dumps(
