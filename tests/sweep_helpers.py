@@ -7,7 +7,7 @@ folder on the path of the test process (pytest's rootdir insertion, or ``pythonp
 the trials.
 
 The stand-in (``fake_train``) "trains" ``number_of_epochs`` epochs, reporting a score that rises
-towards ``1 - 40 * |learning_rate - 0.005|``: epoch e scores ``ceiling - 0.2 / (e + 1)``. Special
+towards ``1 - 40 * |learning_rate - 0.005|``: epoch n (counted from 1) scores ``ceiling - 0.2 / n``. Special
 learning rates make it fail in each way a trial can; environment variables slow it down or make it
 ignore a stop request.
 """
@@ -30,10 +30,11 @@ from visionsweep.sweep import attrs
 from visionsweep.sweep.job import load_job
 from visionsweep.sweep.launch import WORKER_ENTRY, python_command
 from visionsweep.sweep.runner import SweepResult, run_sweep
+from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 
 TRAINER = "sweep_helpers:fake_train"
 EPOCH_SECONDS = "VS_TEST_EPOCH_SECONDS"
-STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch on, one epoch takes a minute ...
+STALL_AFTER = "VS_TEST_STALL_AFTER_EPOCH"  # from this epoch (counted from 1) on, one epoch takes a minute ...
 IGNORE_STOP = "VS_TEST_IGNORE_STOP"  # ... and the trainer does not honour a stop request
 RAISES, EXITS, NO_MEMORY, KILLED = 0.0021, 0.0031, 0.0041, 0.0051
 
@@ -53,20 +54,24 @@ class FakeResult:
     status: str
     primary_metric: str
     best_score: float
-    best_epoch: int
+    best_epoch: int | None
     epochs_run: int
 
 
-def fake_train(task, data, validation_data=None, *, settings, output, epoch_callback=None, progress=True):
+def fake_train(task, data, validation_data=None, *, settings, output, epoch_callback=None, progress=True,
+               overwrite=False):
     """Stand-in for visionsweep.train with the same contract (see trial_process). ``settings`` are
     the given keys only, as the real trainer resolves the defaults itself. It also writes the
-    ``CUDA_VISIBLE_DEVICES`` and ``OMP_NUM_THREADS`` it was started with to ``environment.json``."""
+    ``CUDA_VISIBLE_DEVICES`` and ``OMP_NUM_THREADS`` it was started with to ``environment.json``.
+    An earlier run in ``output`` is refused unless ``overwrite``, by the real trainer's rule."""
+    check_run_folder(Path(output), overwrite=overwrite)
+    clear_run_folder(Path(output))
     lr = settings["learning_rate"]
     print(f"fake training {settings.get('model_name', 'default')} lr={lr}", flush=True)
     (Path(output) / "environment.json").write_text(json.dumps(
         {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}))
     if lr == RAISES:
-        raise RuntimeError("synthetic failure in epoch 0")
+        raise RuntimeError("synthetic failure in epoch 1")
     if lr == EXITS:
         os._exit(7)
     if lr == NO_MEMORY:
@@ -76,11 +81,11 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
     model_dir = Path(output) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     ceiling = 1 - 40 * abs(lr - 0.005)
-    best, best_epoch, status = float("-inf"), 0, "completed"
-    stall = int(os.environ.get(STALL_AFTER, "-1"))
-    for epoch in range(settings["number_of_epochs"]):
-        time.sleep(60 if 0 <= stall <= epoch else float(os.environ.get(EPOCH_SECONDS, "0")))
-        score = ceiling - 0.2 / (epoch + 1)
+    best, best_epoch, status = float("-inf"), None, "completed"
+    stall = int(os.environ.get(STALL_AFTER, "0"))
+    for epoch in range(1, settings["number_of_epochs"] + 1):
+        time.sleep(60 if 0 < stall <= epoch else float(os.environ.get(EPOCH_SECONDS, "0")))
+        score = ceiling - 0.2 / epoch
         if score > best:
             best, best_epoch = score, epoch
             (model_dir / "weights.txt").write_text(repr(score))
@@ -88,7 +93,7 @@ def fake_train(task, data, validation_data=None, *, settings, output, epoch_call
                 and not os.environ.get(IGNORE_STOP):
             status = "cancelled"
             break
-    return FakeResult(Path(output), model_dir, status, "accuracy", best, best_epoch, epoch + 1)
+    return FakeResult(Path(output), model_dir, status, "accuracy", best, best_epoch, epoch)
 
 
 def job_writer(folder: Path) -> Callable[..., Path]:

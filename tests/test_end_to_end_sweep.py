@@ -75,3 +75,25 @@ def test_quick_example_sweeps_two_families_and_its_best_model_predicts(datasets,
     truth = [LABELS.index(line["filename"].split("/")[-1].rsplit("_", 1)[0]) for line in lines]
     accuracy = sum(max(range(4), key=line["probs"].__getitem__) == t for line, t in zip(lines, truth)) / 30
     assert accuracy == pytest.approx(best.user_attrs[attrs.BEST_SCORE])
+
+
+def test_the_leaderboard_counts_epochs_from_one_as_the_trial_files_do(tmp_path, capsys):
+    from conftest import TINY_SETTINGS, write_color_dataset
+
+    data = write_color_dataset(tmp_path / "data")
+    settings = ", ".join(f"{key}: {json.dumps(value)}" for key, value in TINY_SETTINGS.items())
+    job = tmp_path / "job.yml"
+    job.write_text(f"type: automl\ntask: image_classification\ntraining_data: {{path: {data}, type: uri_file}}\n"
+                   f"limits: {{max_trials: 1}}\ntraining_parameters: {{{settings}}}\n")
+    run = tmp_path / "run"
+    assert main(["run", str(job), "--run-dir", str(run), "--devices", "cpu"]) == 0
+    (row,) = csv.DictReader((run / "leaderboard.csv").open())
+    trial_dir = Path(row["trial_dir"])
+    epochs = [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and row["epochs_run"] == "2"
+    assert row["best_epoch"] == str([e["epoch"] for e in epochs if e["is_best"]][-1])
+    assert json.loads((run / "best_trial.json").read_text())["best_epoch"] == int(row["best_epoch"])
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("#  trial"))
+    first = table.splitlines()[table.splitlines().index(header) + 2]
+    assert header.split()[4:6] == ["best", "epoch"] and first.split()[4:6] == [row["best_epoch"], "2"]

@@ -45,7 +45,7 @@ def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
     assert result.budget == 3 and result.counts == {"completed": 3}
     assert result.best.trial == next(t.number for t in study_trials(run_dir) if t.params.get("subspace") == 1)
     assert result.best.config == {"model_name": "resnet34", "learning_rate": 0.005}
-    assert abs(result.best.score - (1 - 0.2 / 3)) < 1e-9 and result.best.best_epoch == 2
+    assert abs(result.best.score - (1 - 0.2 / 3)) < 1e-9 and result.best.best_epoch == 3
     # The best trial's model folder is copied to a stable place, with a record of where it came from.
     assert float((run_dir / "best_model" / "weights.txt").read_text()) == result.best.score
     assert json.loads((run_dir / "best_trial.json").read_text())["trial"] == result.best.trial
@@ -160,9 +160,9 @@ def test_a_run_folder_keeps_its_job(job_file, tmp_path):
 
 
 def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_file, tmp_path, monkeypatch):
-    monkeypatch.setenv(STALL_AFTER, "1")  # epoch 0 reports, epoch 1 never ends
+    monkeypatch.setenv(STALL_AFTER, "2")  # epoch 1 reports, epoch 2 never ends
     monkeypatch.setenv(IGNORE_STOP, "1")
-    # The timeout leaves the trial process time to start and report epoch 0 even on a busy machine.
+    # The timeout leaves the trial process time to start and report epoch 1 even on a busy machine.
     path = job_file("""\
         limits: {max_trials: 1, trial_timeout_minutes: 0.1}
         training_parameters: {number_of_epochs: 5, learning_rate: 0.005}

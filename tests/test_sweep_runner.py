@@ -156,6 +156,21 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(job_file, tmp_
     assert len(result.rows) == 6 and sweep_status(run_dir).finished
 
 
+def test_a_trial_replaces_what_an_earlier_attempt_left_in_its_folder(job_file, tmp_path):
+    # A trial folder is the trial's own: the runner has the trainer replace a stale run there
+    # (overwrite=True) rather than refuse it, as a user's second run into one folder is refused.
+    path = job_file("""\
+        limits: {max_trials: 1}
+        training_parameters: {number_of_epochs: 2, learning_rate: 0.005}
+        """)
+    stale = tmp_path / "run" / "trials" / "trial_0000"
+    (stale / "model").mkdir(parents=True)
+    (stale / "model" / "weights.txt").write_text("from a run that died")
+    result, _ = run_fake(path, tmp_path / "run")
+    assert result.counts == {"completed": 1}, [row.note for row in result.rows]
+    assert float((stale / "model" / "weights.txt").read_text()) == result.best.score
+
+
 # --- devices (no GPU is used: the stand-in trainer only records what it was given) ------------------------
 
 

@@ -66,7 +66,7 @@ def test_step_schedule_per_epoch():
 
 def _run_stopper(scores, patience=5, delay=5):
     stopper = EarlyStopping(patience=patience, delay=delay)
-    for epoch, score in enumerate(scores):
+    for epoch, score in enumerate(scores, start=1):
         stopper.update(epoch, score)
         if stopper.should_stop:
             return epoch, stopper
@@ -75,27 +75,28 @@ def _run_stopper(scores, patience=5, delay=5):
 
 def test_early_stopping_earliest_stop_with_defaults():
     stop, stopper = _run_stopper([0.5] * 30)
-    assert stop == 9 and stopper.best_epoch == 9  # ties move the best to the later epoch
+    # the first 5 epochs do not count towards patience; epochs 6 to 10 do
+    assert stop == 10 and stopper.best_epoch == 10  # ties move the best to the later epoch
 
 
 def test_improvement_pushes_the_stop():
     scores = [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.9] + [0.5] * 20
     stop, stopper = _run_stopper(scores)
-    assert stop == 12 and stopper.best_epoch == 7
+    assert stop == 13 and stopper.best_epoch == 8
 
 
 def test_delay_and_patience_units():
     stop, _ = _run_stopper([0.5] * 10, patience=2, delay=0)
-    assert stop == 2  # epoch 0 sets the first best; epochs 1 and 2 bring no improvement
+    assert stop == 3  # epoch 1 sets the first best; epochs 2 and 3 bring no improvement
     stop, _ = _run_stopper([0.5] * 10, patience=1, delay=3)
-    assert stop == 3
+    assert stop == 4  # epochs 1 to 3 are the delay; epoch 4 is the first that counts
 
 
 def test_nan_is_never_best():
     stopper = EarlyStopping(patience=5, delay=0)
-    assert not stopper.update(0, float("nan"))
+    assert not stopper.update(1, float("nan"))
     assert stopper.best_epoch is None
-    assert stopper.update(1, 0.0)  # unlike the reference, a score of 0 can be the best
+    assert stopper.update(2, 0.0)  # unlike the reference, a score of 0 can be the best
 
 
 # --- the loop on a toy problem ------------------------------------------------------------------
@@ -149,10 +150,10 @@ def test_gradient_accumulation_matches_a_larger_batch():
 def test_evaluation_frequency_and_early_stop_in_the_loop():
     result, ops = _fit(nn.Linear(3, 1), 4, 1, epochs=20, scores=[0.5, 0.6, 0.6, 0.4, 0.4, 0.4],
                        evaluation_frequency=3, early_stopping_patience=2, early_stopping_delay=0)
-    # evaluated at epochs 0, 3, 6, 9: the tie at 6 becomes the best without resetting patience, and
-    # the drop at 9 is the second evaluation without improvement
+    # evaluated at epochs 1, 4, 7, 10: the tie at 7 becomes the best without resetting patience, and
+    # the drop at 10 is the second evaluation without improvement
     assert result.status == "early_stopped"
-    assert (result.epochs_run, result.best_epoch, result.best_score) == (10, 6, 0.6)
+    assert (result.epochs_run, result.best_epoch, result.best_score) == (10, 7, 0.6)
     assert len(ops.evaluated_at) == 4
 
 
@@ -162,12 +163,12 @@ def test_cancel_from_the_epoch_callback_keeps_the_best_weights():
 
     def on_epoch_end(report, model):
         snapshots[report.epoch] = {k: v.clone() for k, v in model.state_dict().items()}
-        return report.epoch == 2
+        return report.epoch == 3
 
     result, _ = _fit(model, 4, 1, epochs=10, scores=[0.1, 0.9, 0.2], on_epoch_end=on_epoch_end,
                      early_stopping=False)
-    assert (result.status, result.epochs_run, result.best_epoch) == ("cancelled", 3, 1)
-    assert torch.equal(model.weight, snapshots[1]["weight"])
+    assert (result.status, result.epochs_run, result.best_epoch) == ("cancelled", 3, 2)
+    assert torch.equal(model.weight, snapshots[2]["weight"])
 
 
 def test_hooks_for_a_moving_average_of_weights():
@@ -203,7 +204,7 @@ def test_hooks_for_a_moving_average_of_weights():
         LoopConfig(number_of_epochs=2, primary_metric="score", progress=False), device=torch.device("cpu"),
         on_epoch_end=on_epoch_end)
     assert ops.steps == 8  # one call per optimizer step
-    assert torch.equal(model.weight, kept_at_best["weight"])  # the model ends with the kept weights of epoch 0
+    assert torch.equal(model.weight, kept_at_best["weight"])  # the model ends with the kept weights of epoch 1
 
 
 # --- class weights and optimizer groups ----------------------------------------------------------
@@ -242,9 +243,9 @@ def test_checkpoints_and_incremental_training(tmp_path):
     data = write_color_dataset(tmp_path / "data")
     first = train("image_classification", data, settings={**TINY_SETTINGS, "checkpoint_frequency": 1},
                   output=tmp_path / "first", progress=False)
-    assert sorted(p.name for p in (tmp_path / "first" / "checkpoints").iterdir()) == ["epoch_0.pt", "epoch_1.pt"]
-    periodic = load_checkpoint(tmp_path / "first" / "checkpoints" / "epoch_1.pt")
-    assert "optimizer_state" in periodic and periodic["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "first" / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
+    periodic = load_checkpoint(tmp_path / "first" / "checkpoints" / "epoch_2.pt")
+    assert "optimizer_state" in periodic and periodic["epoch"] == 2
     best = load_checkpoint(first.model_dir / "model.pt")
     assert best["epoch"] == first.best_epoch and best["labels"] == ["blue", "red"]
 
@@ -273,8 +274,24 @@ def test_metrics_file_has_one_line_per_epoch(tmp_path):
                                                           "evaluation_frequency": 2}, output=tmp_path / "run",
                    progress=False)
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
     assert [line["evaluated"] for line in lines] == [True, False, True]  # the last epoch is always evaluated
     assert lines[1]["validation"] == {} and "accuracy" in lines[2]["validation"]
     settings = json.loads((result.run_dir / "settings.json").read_text())
     assert settings["seed"] == 0 and settings["model_name"] == "resnet18"
+
+
+def test_epochs_are_counted_from_one_wherever_a_person_reads_them(tmp_path):
+    data = write_color_dataset(tmp_path / "data")
+    result = train("image_classification", data, settings=TINY_SETTINGS, output=tmp_path / "run", progress=False)
+    assert result.epochs_run == 2 and result.best_epoch in (1, 2)
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2] and {line["epochs_count_from"] for line in lines} == {1}
+    assert [line["epoch"] for line in lines if line["is_best"]][-1] == result.best_epoch == lines[-1]["best_epoch"]
+    log = (result.run_dir / "train.log").read_text()
+    assert "epoch 1/2: " in log and "epoch 2/2: " in log and "epoch 0" not in log and "epoch 3" not in log
+    assert f"(best {lines[0]['best_score']:.4f} at epoch 1)" in log
+    assert log.rstrip().endswith(f"at epoch {result.best_epoch}")
+    best = json.loads((result.model_dir / "metrics.json").read_text())
+    assert (best["epoch"], best["epochs_run"], best["epochs_count_from"]) == (result.best_epoch, 2, 1)
+    assert load_checkpoint(result.model_dir / "model.pt")["epoch"] == result.best_epoch

@@ -32,6 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VisionSweepError, NotImplementedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.filename is None:  # not about a path the user gave: a bug, keep its traceback
+            raise
+        print(f"error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _settings_options(train)
     train.add_argument("--output", help="run folder to write (default: runs/TASK-MODEL-TIME)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser("predict", help="predict with a trained model; writes JSON Lines")
@@ -103,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     example.add_argument("--output", default="runs/digits-example",
                          help="folder for the data and the run (default: %(default)s)")
     example.add_argument("--epochs", type=int, default=4, help="training epochs (default: %(default)s)")
+    example.add_argument("--overwrite", action="store_true", help="replace the example run already in --output")
     example.set_defaults(handler=_example)
     return parser
 
@@ -133,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
     from visionsweep.training import train
 
     result = train(args.task, args.data, args.validation_data, settings=_settings(args), output=args.output,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, overwrite=args.overwrite)
     print(json.dumps(json_ready({
         "run_dir": result.run_dir, "model_dir": result.model_dir, "status": result.status,
         "primary_metric": result.primary_metric, "best_score": result.best_score, "best_epoch": result.best_epoch,
@@ -204,7 +214,7 @@ def _models(args: argparse.Namespace) -> int:
 def _example(args: argparse.Namespace) -> int:
     from visionsweep.examples import run_digits_example
 
-    summary = run_digits_example(Path(args.output), epochs=args.epochs)
+    summary = run_digits_example(Path(args.output), epochs=args.epochs, overwrite=args.overwrite)
     print(json.dumps(json_ready(summary), indent=2))
     return 0
 

@@ -33,3 +33,7 @@ class CheckpointError(VisionSweepError):
 
 class TrainingError(VisionSweepError):
     """Training cannot go on (for example the loss exploded)."""
+
+
+class RunFolderError(VisionSweepError):
+    """The output folder cannot take this run (it holds an earlier run, or is a file)."""

@@ -32,12 +32,15 @@ def write_digits_dataset(folder: Path, *, size: int = 32, seed: int = 0) -> tupl
             write_jsonl(validation, folder / "validation.jsonl", Task.CLASSIFICATION))
 
 
-def run_digits_example(folder: Path, *, epochs: int = 4) -> dict[str, Any]:
-    """Write the digits data, train a ResNet-18 from scratch on the CPU, predict and evaluate."""
-    from visionsweep.api import evaluate, predict
-    from visionsweep.training import train
+def run_digits_example(folder: Path, *, epochs: int = 4, overwrite: bool = False) -> dict[str, Any]:
+    """Write the digits data, train a ResNet-18 from scratch on the CPU, predict and evaluate.
 
-    train_file, validation_file = write_digits_dataset(folder / "data")
+    The run goes to ``folder/run``; a run already there is refused unless ``overwrite``."""
+    from visionsweep.api import evaluate, predict
+    from visionsweep.settings import resolve_settings
+    from visionsweep.training import train
+    from visionsweep.training.run_folder import check_run_folder
+
     settings = {
         "model_name": "resnet18", "pretrained": False, "number_of_epochs": epochs, "training_batch_size": 64,
         "validation_batch_size": 128, "train_crop_size": 32, "valid_crop_size": 32, "valid_resize_size": 32,
@@ -45,7 +48,12 @@ def run_digits_example(folder: Path, *, epochs: int = 4) -> dict[str, Any]:
         # Random crops and flips turn digits into other digits; frame them like validation images.
         "apply_automl_train_augmentations": False,
     }
-    result = train(Task.CLASSIFICATION, train_file, validation_file, settings=settings, output=folder / "run")
+    # Settings and the run folder are checked before the data is written, so a mistake writes nothing.
+    resolve_settings(Task.CLASSIFICATION, settings)
+    check_run_folder(folder / "run", overwrite=overwrite)
+    train_file, validation_file = write_digits_dataset(folder / "data")
+    result = train(Task.CLASSIFICATION, train_file, validation_file, settings=settings, output=folder / "run",
+                   overwrite=overwrite)
     predictions = predict(result.run_dir, validation_file, output=folder / "predictions.jsonl")
     metrics, _ = evaluate(result.run_dir, data=validation_file)
     return {"run_dir": result.run_dir, "best_epoch": result.best_epoch, "accuracy": metrics["accuracy"],

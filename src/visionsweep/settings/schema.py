@@ -37,9 +37,9 @@ class Settings(BaseModel):
         1, description="Batches whose gradients are summed before one optimizer step.")
     early_stopping: bool = Field(True, description="Stop when the primary metric stops improving.")
     early_stopping_patience: PositiveInt = Field(
-        5, description="Evaluations without improvement (counted from early_stopping_delay) before stopping.")
+        5, description="Evaluations without improvement (after the first early_stopping_delay epochs) before stopping.")
     early_stopping_delay: NonNegativeInt = Field(
-        5, description="Epoch index before which no evaluation counts towards patience.")
+        5, description="Number of first epochs whose evaluations do not count towards patience.")
     learning_rate: float = Field(gt=0.0, le=1.0, description="Initial (peak) learning rate.")
     lr_scheduler: Literal["warmup_cosine", "step"] = Field(
         "warmup_cosine", description="warmup_cosine: linear warmup then cosine, per step; step: StepLR per epoch.")
@@ -55,9 +55,10 @@ class Settings(BaseModel):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="adam/adamw first-moment decay.")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="adam/adamw second-moment decay.")
     amsgrad: bool = Field(False, description="adam/adamw: use the AMSGrad variant.")
-    evaluation_frequency: PositiveInt = Field(1, description="Validate every N epochs (the last epoch always).")
+    evaluation_frequency: PositiveInt = Field(
+        1, description="Validate every N epochs: epochs 1, 1 + N, 1 + 2N ..., and always the last.")
     checkpoint_frequency: Optional[PositiveInt] = Field(
-        None, description="Also keep a checkpoint every N epochs; unset keeps only the best epoch's checkpoint.")
+        None, description="Also keep a checkpoint at epochs 1, 1 + N, 1 + 2N ...; unset keeps only the best epoch's.")
     checkpoint_run_id: Optional[str] = Field(
         None, description="Incremental training: an earlier run folder whose best checkpoint to start from.")
     checkpoint_filename: Optional[str] = Field(

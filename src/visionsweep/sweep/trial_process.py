@@ -16,11 +16,14 @@ parent-death signal), so a killed sweep leaves no orphan trainers behind.
 
 Trainer contract (the signature of ``visionsweep.train``)::
 
-    trainer(task, data, validation_data, *, settings, output, epoch_callback[, label_column]) -> result
+    trainer(task, data, validation_data, *, settings, output, epoch_callback[, label_column][, progress]
+            [, overwrite]) -> result
 
 ``result`` has (as attributes or keys) ``status`` (completed | early_stopped | cancelled),
 ``best_score``, ``best_epoch``, ``epochs_run``, ``model_dir``; each epoch report has ``epoch``,
-``evaluated``, ``metrics`` and ``primary_value``.
+``evaluated``, ``metrics`` and ``primary_value``. Epochs are counted from 1 (``best_epoch`` too).
+A trainer that takes ``overwrite`` is given ``overwrite=True``: the trial folder belongs to the
+trial, and what an earlier, dead attempt of it left there is replaced, not refused.
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             kwargs["label_column"] = spec["label_column"]
         if _accepts(trainer, "progress", keyword_only=True):
             kwargs["progress"] = False  # a progress bar in a log file is noise; train.log has every epoch
+        if _accepts(trainer, "overwrite", keyword_only=True):
+            kwargs["overwrite"] = True
         outcome = trainer(spec["task"], spec["data"], spec.get("validation_data"), **kwargs)
     except BaseException as error:  # noqa: BLE001 - every failure of the trial must be recorded
         if isinstance(error, KeyboardInterrupt):
@@ -116,7 +121,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 class EpochReporter:
     """The ``epoch_callback`` given to the trainer: reports, asks the pruner, honours the stop file.
 
-    The pruner is not asked after ``last_epoch`` (0-based, the trial's final epoch when known):
+    The pruner is not asked after ``last_epoch`` (the number of the trial's final epoch when known):
     stopping there saves nothing, and the trial that ran its whole schedule is recorded completed
     rather than cancelled. Its value is still reported, so that later trials compare against it.
     """
@@ -191,12 +196,12 @@ def classify_error(error: BaseException) -> str:
 
 
 def _last_epoch(task: str, settings: dict[str, Any]) -> int | None:
-    """The 0-based index of the trial's final epoch (None when the settings do not resolve: the
-    trainer then reports the problem itself)."""
+    """The number (counted from 1) of the trial's final epoch (None when the settings do not
+    resolve: the trainer then reports the problem itself)."""
     from visionsweep.settings import resolve_settings
 
     try:
-        return int(resolve_settings(task, settings).number_of_epochs) - 1
+        return int(resolve_settings(task, settings).number_of_epochs)
     except (SettingsError, ValueError, TypeError):
         return None
 

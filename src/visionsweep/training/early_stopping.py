@@ -7,12 +7,13 @@ import math
 class EarlyStopping:
     """Tracks the best epoch and decides when training stops.
 
-    On every evaluated epoch ``e`` with score ``s``: if ``e >= delay`` the no-progress counter grows
-    by one; a score strictly better than the best resets it to 0; a score at least as good as the
-    best makes this epoch the best (so ties move the best to the later epoch). Training stops once
-    the counter reaches ``patience``: ``delay`` counts epochs (by index), ``patience`` evaluations.
-    A NaN score is never best. Unlike the reference, the best starts at minus infinity, so a first
-    evaluation scoring 0 still becomes the best epoch.
+    Epochs are counted from 1. On every evaluated epoch ``n`` with score ``s``: once past the first
+    ``delay`` epochs (``n > delay``, the reference's ``e >= delay`` over 0-based indices) the
+    no-progress counter grows by one; a score strictly better than the best resets it to 0; a score
+    at least as good as the best makes this epoch the best (so ties move the best to the later
+    epoch). Training stops once the counter reaches ``patience``: ``delay`` counts epochs,
+    ``patience`` evaluations. A NaN score is never best. Unlike the reference, the best starts at
+    minus infinity, so a first evaluation scoring 0 still becomes the best epoch.
     """
 
     def __init__(self, *, patience: int, delay: int, enabled: bool = True):
@@ -24,8 +25,8 @@ class EarlyStopping:
         self.counter = 0
 
     def update(self, epoch: int, score: float) -> bool:
-        """Record the score of evaluated ``epoch``; return whether it is the new best."""
-        if epoch >= self.delay:
+        """Record the score of evaluated ``epoch`` (counted from 1); return whether it is the new best."""
+        if epoch > self.delay:
             self.counter += 1
         if score > self.best_score:
             self.counter = 0

@@ -5,6 +5,11 @@ validation pass turns into metrics. The loop owns everything else: epochs, gradi
 clipping, mixed precision on CUDA, the learning-rate schedule, evaluation frequency, early
 stopping, tracking the best epoch, and calling ``on_epoch_end`` (which writes metrics and
 checkpoints, and can stop the run).
+
+Epochs are numbered from 1 (``EpochReport.epoch``, ``FitResult.best_epoch``), the way a person
+counts them in logs and metrics files. The reference states its rules over 0-based indices; they
+are kept, translated: epoch ``n`` is evaluated when ``(n - 1) % evaluation_frequency == 0`` (so the
+first epoch always is) or when it is the last.
 """
 from __future__ import annotations
 
@@ -67,7 +72,7 @@ class LoopConfig:
 class EpochReport:
     """What one epoch produced; handed to ``on_epoch_end``."""
 
-    epoch: int  # 0-based
+    epoch: int  # counted from 1
     train_loss: float
     learning_rate: float
     duration_s: float  # the whole epoch, validation included
@@ -76,7 +81,7 @@ class EpochReport:
     training_metrics: dict[str, float] = field(default_factory=dict)
     primary_value: float | None = None
     is_best: bool = False
-    best_epoch: int | None = None
+    best_epoch: int | None = None  # counted from 1
     best_score: float | None = None
     stop_early: bool = False
     train_duration_s: float = 0.0  # the training passes of the epoch alone
@@ -86,7 +91,7 @@ class EpochReport:
 class FitResult:
     status: str  # "completed", "early_stopped" or "cancelled"
     epochs_run: int
-    best_epoch: int | None
+    best_epoch: int | None  # counted from 1
     best_score: float | None
     best_metrics: dict[str, Any]
 
@@ -118,8 +123,8 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, Any] = {}
     status = "completed"
-    epoch = -1
-    for epoch in range(config.number_of_epochs):
+    epoch = 0
+    for epoch in range(1, config.number_of_epochs + 1):
         started = time.perf_counter()
         train_loss = _train_epoch(model, ops, train_loader, optimizer, schedule, scaler, accumulation, config,
                                   epoch, use_amp)
@@ -127,9 +132,9 @@ def fit(
                              duration_s=0.0, evaluated=False, training_metrics=ops.training_metrics(),
                              train_duration_s=time.perf_counter() - started)
         schedule.after_epoch()
-        last = epoch == config.number_of_epochs - 1
+        last = epoch == config.number_of_epochs
         kept = ops.weights_to_keep(model)
-        if epoch % config.evaluation_frequency == 0 or last:
+        if (epoch - 1) % config.evaluation_frequency == 0 or last:
             kept.eval()
             with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
                 report.metrics = ops.evaluate(kept, val_loader)
@@ -152,7 +157,7 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(status=status, epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
+    return FitResult(status=status, epochs_run=epoch, best_epoch=stopper.best_epoch,
                      best_score=stopper.best_score if stopper.best_epoch is not None else None,
                      best_metrics=best_metrics)
 
@@ -168,7 +173,7 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
     images_seen = 0
     # The bar is updated by hand rather than wrapped around the loader: wrapping it with tqdm.auto
     # halved GPU throughput in bench/classification_throughput.py. disable=None: off when not a terminal.
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.number_of_epochs}", leave=False,
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{config.number_of_epochs}", leave=False,
                disable=None if config.progress else True, mininterval=1.0)
     optimizer.zero_grad(set_to_none=True)
     last = len(loader) - 1
@@ -197,8 +202,8 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
             highest = worst.item()
             if not math.isfinite(highest) or highest > config.max_loss:
                 raise TrainingError(
-                    f"the training loss is exploding ({highest:.4g} in epoch {epoch}, by batch {index}); "
-                    "reduce learning_rate (for example to a tenth of its value)")
+                    f"the training loss is exploding ({highest:.4g} in epoch {epoch}, by batch {index + 1} of "
+                    f"{len(loader)}); reduce learning_rate (for example to a tenth of its value)")
             bar.set_postfix(loss=f"{loss_sum.item() / images_seen:.4f}", lr=f"{schedule.learning_rate:.2e}",
                             refresh=False)
         bar.update()

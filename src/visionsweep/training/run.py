@@ -1,6 +1,6 @@
 """One training run, from settings and data to a run folder with the best model.
 
-Run folder layout (docs/outputs.md)::
+Run folder layout (docs/training.md; ``run_folder`` decides what may be replaced)::
 
     RUN_DIR/settings.json        resolved settings (seed included) and notes on ignored keys
     RUN_DIR/data_report.json     kept and skipped records of every data source, with reasons
@@ -9,6 +9,8 @@ Run folder layout (docs/outputs.md)::
     RUN_DIR/train.log
     RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
     RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json
+
+Epochs are numbered from 1 in everything written here, as the training loop numbers them.
 """
 from __future__ import annotations
 
@@ -17,10 +19,9 @@ import logging
 import math
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from visionsweep.data import report as reasons
 from visionsweep.data.jsonl import write_jsonl
 from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.report import DataReport
-from visionsweep.errors import DataError
+from visionsweep.errors import DataError, VisionSweepError
 from visionsweep.evaluation.classification import scalar_metrics
 from visionsweep.models import build_model, get_model_spec
 from visionsweep.settings import Settings, resolve_settings
@@ -46,6 +47,7 @@ from visionsweep.training.segmentation import segmentation_pipeline
 from visionsweep.training.environment import seed_everything, select_device
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
+from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 from visionsweep.training.schedulers import Schedule
 from visionsweep.training.yolo import yolo_pipeline
 from visionsweep.utils import json_ready, write_json
@@ -88,14 +90,19 @@ def train(
     epoch_callback: EpochCallback | None = None,
     progress: bool = True,
     label_column: str = "label",
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train one model and write its run folder.
 
     ``data`` and ``validation_data`` are JSONL files or MLTable folders; without validation data,
     ``validation_size`` of the training images are held out. ``settings`` are hyperparameters by
-    name. ``epoch_callback(report)`` runs after each epoch; returning True cancels the run, which
-    then still ends with its best model folder written. ``label_column`` is the JSONL key holding
+    name. ``epoch_callback(report)`` runs after each epoch (``report.epoch`` counts from 1); returning
+    True cancels the run, which then still ends with its best model folder written. ``label_column`` is the JSONL key holding
     the labels (an Azure job's ``target_column_name``).
+
+    Settings, data, device, model and weights are all checked before anything is written, so a
+    mistake in any of them leaves no run folder behind. An ``output`` folder that holds an earlier
+    run is refused unless ``overwrite``, which replaces that run's files (``run_folder.RUN_FILES``).
     """
     task = parse_task(task)
     if not isinstance(settings, Settings):
@@ -105,11 +112,10 @@ def train(
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
     settings = settings.model_copy(update={"seed": seed})  # notes travel with the copy
     run_dir = Path(output) if output is not None else _default_run_dir(settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_log(run_dir / "train.log"):
+    check_run_folder(run_dir, overwrite=overwrite)
+    with _RunLog() as run_log:
         for note in settings.notes:
             log.warning("setting note: %s", note)
-        write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
         seed_everything(seed, settings.deterministic)
         device = select_device(settings.device)
         data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
@@ -117,17 +123,34 @@ def train(
                                    max_image_pixels=settings.max_image_pixels)
         for report in data_.reports:
             log.info("%s", report.summary())
+        runtime = _RuntimeFailures(data_, settings.ignore_data_errors)
+        training = _prepare(task, settings, data_, device, runtime, progress)
+        clear_run_folder(run_dir)
+        run_log.start_file(run_dir / "train.log")
+        write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
         write_jsonl(data_.train, run_dir / "train.jsonl", task)
         write_jsonl(data_.validation, run_dir / "validation.jsonl", task)
-        runtime = _RuntimeFailures(data_, settings.ignore_data_errors)
         try:
-            return _train(task, settings, data_, run_dir, device, runtime, epoch_callback, progress)
+            return _fit(training, task, settings, data_, run_dir, device, epoch_callback)
         finally:
             _write_data_report(run_dir, data_, runtime)
 
 
-def _train(task: Task, settings: Settings, data: TrainingData, run_dir: Path, device: torch.device,
-           runtime: "_RuntimeFailures", epoch_callback: EpochCallback | None, progress: bool) -> TrainResult:
+@dataclass
+class _Training:
+    """Everything ``fit`` needs, built (and so checked) before the run folder is written."""
+
+    model: nn.Module
+    ops: Any
+    train_loader: Any
+    val_loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    config: LoopConfig
+
+
+def _prepare(task: Task, settings: Settings, data: TrainingData, device: torch.device, runtime: "_RuntimeFailures",
+             progress: bool) -> _Training:
     spec = get_model_spec(settings.model_name)
     model = build_model(spec, len(data.classes), settings.model_dump(), pretrained=settings.pretrained,
                         pretrained_weights=settings.pretrained_weights, layers_to_freeze=settings.layers_to_freeze)
@@ -154,18 +177,25 @@ def _train(task: Task, settings: Settings, data: TrainingData, run_dir: Path, de
         early_stopping=settings.early_stopping, early_stopping_patience=settings.early_stopping_patience,
         early_stopping_delay=settings.early_stopping_delay, grad_clip_type=settings.grad_clip_type,
         mixed_precision=settings.mixed_precision, progress=progress)
-    recorder = _EpochRecorder(run_dir, task, settings, data.classes, optimizer, schedule, epoch_callback)
+    return _Training(model, ops, train_loader, val_loader, optimizer, schedule, config)
+
+
+def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData, run_dir: Path,
+         device: torch.device, epoch_callback: EpochCallback | None) -> TrainResult:
+    recorder = _EpochRecorder(run_dir, task, settings, data.classes, training.optimizer, training.schedule,
+                              epoch_callback)
     log.info("training %s on %s: %d training and %d validation images, %d classes", settings.model_name, device,
              len(data.train), len(data.validation), len(data.classes))
-    result = fit(model, ops, train_loader, val_loader, optimizer, schedule, config, device=device,
-                 on_epoch_end=recorder)
+    result = fit(training.model, training.ops, training.train_loader, training.val_loader, training.optimizer,
+                 training.schedule, training.config, device=device, on_epoch_end=recorder)
     model_dir = run_dir / "model"
     if result.best_epoch is None:  # every evaluation was NaN: keep the final weights, say so
         log.warning("no epoch produced a usable %s; the model folder holds the final weights", settings.primary_metric)
-        recorder.save_best(model, result.epochs_run - 1, None, {})
+        recorder.save_best(training.model, result.epochs_run, None, {})
     write_json(model_dir / "labels.json", data.classes)
     write_json(model_dir / "settings.json", settings.to_dict())
-    write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "metrics": result.best_metrics})
+    write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                                            "epochs_count_from": 1, "metrics": result.best_metrics})
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
              settings.primary_metric, _format(result.best_score), result.best_epoch)
     return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
@@ -185,7 +215,8 @@ class _EpochRecorder:
 
     def __call__(self, report: EpochReport, model: nn.Module) -> bool:
         line = {
-            "epoch": report.epoch, "train_loss": report.train_loss, "learning_rate": report.learning_rate,
+            "epoch": report.epoch, "epochs_count_from": 1,
+            "train_loss": report.train_loss, "learning_rate": report.learning_rate,
             "duration_s": round(report.duration_s, 3), "train_duration_s": round(report.train_duration_s, 3),
             "evaluated": report.evaluated,
             "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
@@ -199,12 +230,14 @@ class _EpochRecorder:
         if report.is_best:
             self.save_best(model, report.epoch, report.primary_value, scalar_metrics(report.metrics))
         frequency = self.settings.checkpoint_frequency
-        if frequency and report.epoch % frequency == 0:
+        if frequency and (report.epoch - 1) % frequency == 0:  # epochs 1, 1 + N, 1 + 2N ... as the reference
             self._save(self.run_dir / "checkpoints" / f"epoch_{report.epoch}.pt", model, report.epoch,
                        report.primary_value, scalar_metrics(report.metrics), with_optimizer=True)
-        log.info("epoch %d/%d: train loss %s, %s %s (best %s at epoch %s), %.1f s", report.epoch + 1,
-                 self.settings.number_of_epochs, _format(report.train_loss), self.settings.primary_metric,
-                 _format(report.primary_value), _format(report.best_score), report.best_epoch, report.duration_s)
+        best = "no best yet" if report.best_epoch is None else \
+            f"best {_format(report.best_score)} at epoch {report.best_epoch}"
+        log.info("epoch %d/%d: train loss %s, %s %s (%s), %.1f s", report.epoch, self.settings.number_of_epochs,
+                 _format(report.train_loss), self.settings.primary_metric, _format(report.primary_value), best,
+                 report.duration_s)
         return bool(self.callback(report)) if self.callback else False
 
     def save_best(self, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any]) -> None:
@@ -254,24 +287,65 @@ def _write_data_report(run_dir: Path, data: TrainingData, runtime: _RuntimeFailu
 
 def _default_run_dir(settings: Settings) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{settings.task.value}-{settings.model_name}-{stamp}"
+    base = Path("runs") / f"{settings.task.value}-{settings.model_name}-{stamp}"
+    taken = 1
+    while (candidate := base if taken == 1 else base.with_name(f"{base.name}-{taken}")).exists():
+        taken += 1  # two runs started in the same second
+    return candidate
 
 
-@contextmanager
-def _run_log(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
-        yield
-    except Exception:
-        log.exception("run failed")
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+class _RunLog:
+    """The run's ``train.log``: what the run logs, from its first line on.
+
+    The run folder is written only once every input is checked, but what is logged while checking
+    (setting notes, data reports, weights loaded) belongs in the log too: it is held in memory and
+    written out when ``start_file`` opens the log. When the run fails, the log ends with the error:
+    a user error (``VisionSweepError``) or an interruption as one line, anything else (a bug) with
+    its traceback. That line goes to the file only: the caller tells the user (the CLI prints
+    ``error: ...``), so a user error never shows a traceback.
+    """
+
+    def __init__(self) -> None:
+        self._held = _HeldRecords()
+        self._file: logging.FileHandler | None = None
+
+    def __enter__(self) -> "_RunLog":
+        log.addHandler(self._held)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        return self
+
+    def start_file(self, path: Path) -> None:
+        self._file = logging.FileHandler(path, mode="w", encoding="utf-8")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for record in self._held.records:
+            self._file.handle(record)
+        log.removeHandler(self._held)
+        log.addHandler(self._file)
+
+    def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        log.removeHandler(self._held)
+        if self._file is None:
+            return
+        if error is not None:
+            if isinstance(error, KeyboardInterrupt):
+                message, exc_info = "run interrupted", None
+            elif isinstance(error, VisionSweepError):
+                message, exc_info = f"run failed: {error}", None
+            else:
+                message, exc_info = "run failed", (error_type, error, traceback)
+            self._file.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), exc_info))
+        log.removeHandler(self._file)
+        self._file.close()
+
+
+class _HeldRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _format(value: float | None) -> str:
