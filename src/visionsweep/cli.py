@@ -65,14 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser("predict", help="predict with a trained model; writes JSON Lines")
-    predict.add_argument("model", help="a run folder, a model folder or a checkpoint file")
+    predict.add_argument("model", help="a run folder, a model folder, a checkpoint file or a sweep's run folder "
+                                       "(its best trial's model)")
     predict.add_argument("input", help="an image, a folder of images, a JSONL file or an MLTable folder")
     predict.add_argument("--output", default="predictions.jsonl", help="predictions file (default: %(default)s)")
     _settings_options(predict)
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model, or of a predictions file")
-    evaluate.add_argument("model", nargs="?", help="a run folder, model folder or checkpoint (omit with --predictions)")
+    evaluate.add_argument("model", nargs="?", help="a run folder, model folder, checkpoint or sweep run folder (its "
+                                                   "best trial's model); omit with --predictions")
     evaluate.add_argument("--data", required=True, help="labelled data: a JSONL file or an MLTable folder")
     evaluate.add_argument("--predictions", help="a predictions file in the scoring format, scored without a model")
     evaluate.add_argument("--task", help=f"the task of --predictions, one of: {tasks}")

@@ -8,8 +8,9 @@ The public surface (what ``visionsweep run``, ``status`` and ``dashboard`` call)
 * ``dashboard_command(run_dir) -> list[str]`` and ``run_dashboard(run_dir)``.
 
 The pieces: ``space`` (grammar and sampling), ``sampling`` (algorithms), ``policies`` (early
-termination), ``automode``, ``plan``, ``slots`` (budgets and resume), ``storage``,
-``trial_process`` (one trial), ``runner``, ``leaderboard``, ``status``. docs/sweeps.md explains them.
+termination), ``automode``, ``plan``, ``slots`` (budgets and resume), ``workers`` (runner records,
+heartbeats, liveness), ``storage``, ``trial_process`` (one trial), ``runner``, ``leaderboard``,
+``status``, ``best_model`` (a sweep folder's model, for predict). docs/sweeps.md explains them.
 """
 from visionsweep.sweep.automode import AutoModePlan, Hardware, plan_automode
 from visionsweep.sweep.job import DataInput, Job, Limits, load_job, parse_job

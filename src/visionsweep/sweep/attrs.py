@@ -33,6 +33,7 @@ FINGERPRINT = "vs_fingerprint"  # hash of the job's sweep-relevant content
 BUDGET = "vs_budget"            # number of trials the sweep runs (max_trials, capped by the grid size)
 PLAN = "vs_plan"                # the search space and assigned points, as written by the first worker
 JOB_SUMMARY = "vs_job"          # task, primary metric, mode, sampling and policy, for ``status``
+RUNNER_PREFIX = "vs_runner:"    # + "<host>:<pid>:<start ticks>": one runner's record and heartbeat (``workers``)
 
 # --- trial statuses -------------------------------------------------------------------------------
 RUNNING = "running"

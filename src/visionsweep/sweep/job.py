@@ -30,7 +30,8 @@ from visionsweep.errors import SettingsError
 from visionsweep.sweep.policies import PolicySpec, parse_policy
 from visionsweep.sweep.sampling import SamplingSpec, check_sampling, parse_sampling
 from visionsweep.sweep.space import (
-    SearchSpace, check_setting_names, check_space, merge_settings, parse_search_space, validate_config,
+    SearchSpace, check_base_settings, check_setting_names, check_space, known_settings, merge_settings,
+    parse_search_space, validate_config,
 )
 from visionsweep.tasks import Task, parse_task
 
@@ -206,10 +207,9 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
         problems.append(f"training_parameters: must be a mapping of KEY: value, got {type(training_parameters).__name__}")
         training_parameters = {}
     training_parameters = dict(training_parameters)
-    if task is not None:
-        name_problems, name_notes = check_setting_names(task, training_parameters, "training_parameters")
-        problems.extend(name_problems)
-        notes.extend(name_notes)
+    name_problems, name_notes = check_setting_names(task, training_parameters, "training_parameters")
+    problems.extend(name_problems)
+    notes.extend(name_notes)
 
     sampling: SamplingSpec | None = None
     policy: PolicySpec | None = None
@@ -228,12 +228,22 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
 
     mode = _mode(space, sweep_raw, limits, problems)
     job_notes: list[str] = []
-    if task is not None and not problems:
-        base = merge_settings(training_parameters, {"primary_metric": primary_metric})
-        if mode == "sweep" and space is not None and sampling is not None:
-            sampling_problems, sampling_notes = check_sampling(sampling, space, has_policy=policy is not None)
-            problems.extend(sampling_problems)
-            job_notes.extend(sampling_notes)
+    if mode == "sweep" and space is not None and sampling is not None:
+        sampling_problems, sampling_notes = check_sampling(sampling, space, has_policy=policy is not None)
+        problems.extend(sampling_problems)
+        job_notes.extend(sampling_notes)
+    if task is None:
+        # Without a task only the names can be checked: a name that no task knows is wrong for any task.
+        for index, sub in enumerate(space.subspaces if space is not None else ()):
+            problems.extend(check_setting_names(None, sub.keys(), f"search_space[{index}]")[0])
+    else:
+        # Every check runs whatever the checks before it found, each on what they left valid, so
+        # that one pass reports every problem of the file (not one layer of problems per attempt).
+        metric = primary_metric if primary_metric in task.primary_metric_choices else task.primary_metric
+        named = merge_settings(known_settings(task, training_parameters), {"primary_metric": metric})
+        base_problems, base = check_base_settings(task, named)
+        problems.extend(base_problems)
+        if mode == "sweep" and space is not None:
             space_problems, space_notes = check_space(task, base, space)
             problems.extend(space_problems)
             job_notes.extend(space_notes)
@@ -241,7 +251,10 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
             try:
                 validate_config(task, base)
             except SettingsError as error:
-                problems.extend(f"training_parameters: {p}" for p in error.problems)
+                # Rules between keys; one that names a rejected key only echoes that key's problem.
+                rejected = set(named) - set(base)
+                problems.extend(f"training_parameters: {p}" for p in error.problems
+                                if not any(key in p for key in rejected))
     if problems:
         raise SettingsError(problems, context="job file")
     assert task is not None and training_data is not None and isinstance(primary_metric, str)

@@ -21,7 +21,8 @@
 * **Many workers.** Several ``run_sweep`` calls (processes, machines) with the same job and
   storage URL share one study and run exactly the budget between them. A worker with nothing
   left to start waits for the others' running trials (re-running any whose worker dies), so that
-  every worker ends with the complete leaderboard.
+  every worker ends with the complete leaderboard. Each worker keeps a record with a heartbeat in
+  the study (``workers``), which is how ``status`` tells a live sweep from a killed one.
 * **Outputs** in the run folder: ``sweep.json`` (what ``status`` reads), ``job.yml`` (a copy),
   ``trials/trial_NNNN/`` (the trainer's output plus ``trial.json``, ``process.log``),
   ``leaderboard.csv``, ``best_model/`` and ``best_trial.json``.
@@ -68,6 +69,7 @@ from visionsweep.sweep.storage import mask_url, open_storage, open_study, study_
 from visionsweep.sweep.trial_process import (
     LOG_FILE, RESULT_FILE, SPEC_FILE, STOP_FILE, classify_error, trainer_path, write_json_atomic,
 )
+from visionsweep.sweep.workers import HEARTBEAT_S, STALE_AFTER_S, RunnerHeartbeat, notice_dead_runners
 
 DEFAULT_TRAINER = "visionsweep:train"
 SWEEP_FILE = "sweep.json"
@@ -96,13 +98,15 @@ class SweepResult:
 def run_sweep(job: Job, run_dir: str | Path, *, storage: str | None = None, study_name: str | None = None,
               trainer: str | Callable[..., Any] = DEFAULT_TRAINER, devices: Sequence[str] | None = None,
               hardware: Hardware | None = None, progress: Callable[[str], None] | None = None,
-              poll_interval_s: float = 0.2, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
+              poll_interval_s: float = 0.2, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S,
               stop_grace_s: float = 120.0) -> SweepResult:
     """Run (or resume, or join) the sweep of ``job`` with its study in ``run_dir`` or ``storage``.
 
     ``devices``: CUDA device ids, one trial per device; None detects them, ``[]`` runs on CPU.
     ``hardware`` feeds the AutoMode plan (detected when None). ``progress`` receives one line per
-    event (default: print). Raises ``SettingsError`` when the run folder or study belongs to
+    event (default: print). ``heartbeat_s`` is how often this worker renews its heartbeat and its
+    trials'; ``stale_after_s`` is how old the heartbeat of a worker on another host may be before
+    its trials are re-run. Raises ``SettingsError`` when the run folder or study belongs to
     another job. Ctrl-C (or SIGTERM) stops the trials of this worker and marks them interrupted,
     so that the same command resumes them.
     """
@@ -172,21 +176,26 @@ class _Worker:
             self.progress(f"  {reason}")
         for note in self.job.notes:
             self.progress(f"  note: {note}")
-        self._reap()
-        previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
-        if _main_thread():
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+        self.heartbeat = RunnerHeartbeat(self.study, run_dir=self.run_dir, job_file=self.job.source,
+                                         heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s)
         try:
-            self._loop()
-        except BaseException:
-            # Whatever stops this worker (Ctrl-C, SIGTERM, a storage error), its trials must not stay
-            # RUNNING: they are marked interrupted so that the same command re-runs them.
-            self._interrupt()
-            raise
-        finally:
+            self._reap()
+            previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
             if _main_thread():
-                signal.signal(signal.SIGTERM, previous)
-        return self._wrap_up()
+                signal.signal(signal.SIGTERM, _raise_interrupt)
+            try:
+                self._loop()
+            except BaseException:
+                # Whatever stops this worker (Ctrl-C, SIGTERM, a storage error), its trials must not stay
+                # RUNNING: they are marked interrupted so that the same command re-runs them.
+                self._interrupt()
+                raise
+            finally:
+                if _main_thread():
+                    signal.signal(signal.SIGTERM, previous)
+            return self._wrap_up()
+        finally:
+            self.heartbeat.end()
 
     # --- setup ------------------------------------------------------------------------------------
 
@@ -272,6 +281,7 @@ class _Worker:
 
     def _reap(self) -> None:
         reaped = reap_stale_trials(self.study, self.plan.budget, stale_after_s=self.stale_after_s)
+        notice_dead_runners(self.study)
         if reaped:
             self.progress(f"trial(s) {', '.join(map(str, reaped))} lost their worker (a stopped run or a dead "
                           "worker): they will be re-run")
@@ -411,6 +421,7 @@ class _Worker:
         (running.trial_dir / STOP_FILE).write_text(reason)
 
     def _heartbeat(self, now: float) -> None:
+        self.heartbeat.beat(now)
         for running in self.running.values():
             try:
                 running.trial.set_user_attr(attrs.HEARTBEAT, now)

@@ -7,26 +7,25 @@ same moment get different slots; a trial whose slot is >= budget is *surplus*: i
 once (FAIL, status ``surplus``) and never runs. Exactly ``budget`` trials therefore run, whatever
 the number of workers. The slot also seeds the trial's sampler and picks its assigned point.
 
-**Interrupted trials.** A RUNNING trial is *stale* when its worker is gone: the worker ran on
-this host and its process no longer exists (checked at once), its heartbeat is older than
-``stale_after_s`` (for workers on other hosts), or it never got a heartbeat within
-``CLAIM_GRACE_S`` of being asked for (its worker died between asking and stamping it). Any worker that finds one marks it ``interrupted``
-(FAIL) and enqueues a re-run with the same parameters and slot; only the worker whose state
-change succeeds enqueues it, so a trial is re-run once. Interrupted and surplus trials do not
-count against the budget and are left off the leaderboard. Finished trials are never re-run.
+**Interrupted trials.** A RUNNING trial is *stale* when its worker is gone (``workers.worker_alive``:
+the worker ran on this host and its process no longer exists, checked at once, or its heartbeat is
+older than ``stale_after_s``, for workers on other hosts), or when it never got a heartbeat within
+``CLAIM_GRACE_S`` of being asked for (its worker died between asking and stamping it). Any worker
+that finds one marks it ``interrupted`` (FAIL) and enqueues a re-run with the same parameters and
+slot; only the worker whose state change succeeds enqueues it, so a trial is re-run once.
+Interrupted and surplus trials do not count against the budget and are left off the leaderboard.
+Finished trials are never re-run.
 """
 from __future__ import annotations
 
-import os
-import socket
 import time
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from visionsweep.sweep import attrs
+from visionsweep.sweep.workers import worker_alive, worker_identity
 
 CLAIM_GRACE_S = 5.0
 
@@ -92,7 +91,7 @@ def reap_stale_trials(study: optuna.Study, budget: int, *, stale_after_s: float,
     trials = study.get_trials(deepcopy=False)
     reaped = []
     for trial in trials:
-        if trial.state != TrialState.RUNNING or not _is_stale(trial, now, stale_after_s):
+        if trial.state != TrialState.RUNNING or not is_stale(trial, now, stale_after_s):
             continue
         if mark_interrupted(study, trial, trials, budget, "its worker process is gone (killed or crashed)"):
             reaped.append(trial.number)
@@ -125,48 +124,14 @@ def set_trial_attrs(study: optuna.Study, trial: FrozenTrial, values: Mapping[str
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
 
 
-def worker_identity() -> dict[str, Any]:
-    """Host and process token of this worker, stored on each trial it runs."""
-    return {attrs.HOST: socket.gethostname(), attrs.WORKER: _process_token(os.getpid())}
-
-
-def process_alive(token: str) -> bool:
-    """Whether the process of a ``pid:start`` token still runs (a reused pid does not count)."""
-    pid_text, _, start = token.partition(":")
-    try:
-        pid = int(pid_text)
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except ValueError:
-        return True  # not a token we wrote; leave it to the heartbeat
-    return not start or _start_ticks(pid) in ("", start)
-
-
-def _is_stale(trial: FrozenTrial, now: float, stale_after_s: float) -> bool:
+def is_stale(trial: FrozenTrial, now: float, stale_after_s: float) -> bool:
+    """Whether a RUNNING trial's worker is gone (see the module docstring)."""
     user = trial.user_attrs
-    if user.get(attrs.HOST) == socket.gethostname() and attrs.WORKER in user and not process_alive(user[attrs.WORKER]):
-        return True
-    heartbeat = user.get(attrs.HEARTBEAT)
-    if heartbeat is None:
+    alive = worker_alive(user.get(attrs.HOST), user.get(attrs.WORKER), user.get(attrs.HEARTBEAT), now=now,
+                         stale_after_s=stale_after_s)
+    if user.get(attrs.HEARTBEAT) is None:
         # A live worker stamps a trial within milliseconds of asking for it (``claim``); one that
         # is still unstamped after CLAIM_GRACE_S was asked for by a worker that died right then.
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        return now - started > CLAIM_GRACE_S
-    return now - float(heartbeat) > stale_after_s
-
-
-def _process_token(pid: int) -> str:
-    return f"{pid}:{_start_ticks(pid)}"
-
-
-def _start_ticks(pid: int) -> str:
-    """The process start time in clock ticks since boot (Linux), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # The command name (field 2) may contain spaces; the fields after its closing parenthesis are fixed.
-    return stat.rsplit(")", 1)[1].split()[19]
+        return not alive or now - started > CLAIM_GRACE_S
+    return not alive

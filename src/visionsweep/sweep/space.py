@@ -481,25 +481,40 @@ def validate_config(task: Task | str, config: Mapping[str, Any]) -> Settings:
     return resolve_settings(task, dict(config))
 
 
-def check_setting_names(task: Task | str, keys: Iterable[str], where: str) -> tuple[list[str], list[str]]:
-    """Problems (unknown keys, keys of another task) and notes (Azure-only keys) for setting names."""
-    task = parse_task(task)
+def check_setting_names(task: Task | str | None, keys: Iterable[str], where: str) -> tuple[list[str], list[str]]:
+    """Problems (unknown keys, keys of another task) and notes (Azure-only keys) for setting names.
+
+    ``task`` None (a job whose task is unreadable) checks only that each name is a setting of some task.
+    """
     problems: list[str] = []
     notes: list[str] = []
-    known = set(all_setting_names())
     for key in keys:
-        name = canonical_key(key)
-        if key == "advanced_settings":
-            continue
-        if name in AZURE_ONLY_KEYS:
-            notes.append(f"{where}.{key} is ignored: it only configures Azure services")
-        elif name not in known:
-            close = difflib.get_close_matches(key, sorted(known | set(ALIASES)), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else "; see docs/settings.md for the list"
-            problems.append(f"{where}.{key}: unknown setting{hint}")
-        elif task not in scope_of(name).tasks:
-            problems.append(f"{where}.{key}: does not apply to {task}; it is a setting of {scope_of(name).describe()}")
+        problem, note = _name_problem(task, key)
+        if problem:
+            problems.append(f"{where}.{key}: {problem}")
+        if note:
+            notes.append(f"{where}.{key} {note}")
     return problems, notes
+
+
+def known_settings(task: Task | str | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` whose names ``check_setting_names`` accepts, so that the checks of
+    their values can go on after a misspelt name has been reported."""
+    return {key: value for key, value in values.items() if _name_problem(task, key)[0] is None}
+
+
+def check_base_settings(task: Task | str, base: Mapping[str, Any],
+                        where: str = "training_parameters") -> tuple[list[str], dict[str, Any]]:
+    """Check the settings every trial shares, each value on its own (type, range, allowed names).
+
+    Returns the problems (``where.key: ...``) and ``base`` without the rejected keys, which
+    ``check_space`` then checks with the search space (rules between keys involve the sampled
+    values, so they are left to it). Names must have been checked (``known_settings``).
+    """
+    task = parse_task(task)
+    rejected = [p for p in _problems(task, base) if _about(p, base)]
+    clean = {key: value for key, value in base.items() if not _about_any(rejected, key)}
+    return [f"{where}.{p}" for p in rejected], clean
 
 
 def check_space(task: Task | str, base: Mapping[str, Any], space: SearchSpace) -> tuple[list[str], list[str]]:
@@ -521,12 +536,13 @@ def check_space(task: Task | str, base: Mapping[str, Any], space: SearchSpace) -
         name_problems, name_notes = check_setting_names(task, sub.keys(), here)
         problems.extend(name_problems)
         notes.extend(name_notes)
-        if name_problems:
-            continue
-        model_dist = next((d for k, d in sub.distributions.items() if canonical_key(k) == "model_name"), None)
-        fixed = merge_settings(base, sub.fixed)
+        # A misspelt key is reported above; the sub-space's other keys are still checked, so that
+        # one pass over the job finds every problem.
+        fixed = merge_settings(base, known_settings(task, sub.fixed))
+        distributions = known_settings(task, sub.distributions)
+        model_dist = next((d for k, d in distributions.items() if canonical_key(k) == "model_name"), None)
         models = list(model_dist.values) if model_dist else [fixed.get("model_name", task.default_model)]
-        others = {k: d for k, d in sub.distributions.items() if canonical_key(k) != "model_name"}
+        others = {k: d for k, d in distributions.items() if canonical_key(k) != "model_name"}
         own_keys = {*fixed, "model_name"}
         sampled_keys = {canonical_key(k) for k in others}
         for model in models:
@@ -539,8 +555,13 @@ def check_space(task: Task | str, base: Mapping[str, Any], space: SearchSpace) -
                     problems.append(f"{label}: {p}")
                 elif not _about(p, sampled_keys):  # sampled keys are reported at their edge values below
                     notes.append(f"{label}: some draws break a rule and will be recorded failed: {p}")
-            if any(_about(p, own_keys) for p in base_problems):
-                continue
+            rejected = {key for key in own_keys if _about_any(base_problems, key)}
+            if "model_name" in rejected:
+                continue  # not a model of the task: nothing else can be checked against it
+            if rejected:
+                # The fixed values reported above are left out, and the distributions checked without them.
+                probe = {k: v for k, v in probe.items() if k not in rejected}
+                base_problems = _problems(task, probe)
             for key, dist in others.items():
                 for value in dist.extremes():
                     value = cast_value(key, value)
@@ -559,6 +580,27 @@ def check_space(task: Task | str, base: Mapping[str, Any], space: SearchSpace) -
 def _about(problem: str, keys: Iterable[str]) -> bool:
     """Whether a schema problem line is about one of ``keys`` alone (it starts with ``key:``)."""
     return any(problem.startswith(f"{key}:") for key in keys)
+
+
+def _about_any(problems: Iterable[str], key: str) -> bool:
+    return any(_about(p, {key}) for p in problems)
+
+
+def _name_problem(task: Task | str | None, key: str) -> tuple[str | None, str | None]:
+    """(problem, note) for one setting name; see ``check_setting_names``."""
+    name = canonical_key(key)
+    if key == "advanced_settings":
+        return None, None
+    if name in AZURE_ONLY_KEYS:
+        return None, "is ignored: it only configures Azure services"
+    known = all_setting_names()
+    if name not in known:
+        close = difflib.get_close_matches(key, sorted(set(known) | set(ALIASES)), n=1, cutoff=0.6)
+        return (f"unknown setting; did you mean {close[0]!r}?" if close
+                else "unknown setting; see docs/settings.md for the list"), None
+    if task is not None and parse_task(task) not in scope_of(name).tasks:
+        return f"does not apply to {parse_task(task)}; it is a setting of {scope_of(name).describe()}", None
+    return None, None
 
 
 def _problems(task: Task, config: Mapping[str, Any]) -> list[str]:

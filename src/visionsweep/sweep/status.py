@@ -7,23 +7,35 @@ the storage.
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
 from visionsweep.sweep.leaderboard import LeaderboardRow, best_row, format_leaderboard, leaderboard_rows
 from visionsweep.sweep.runner import read_sweep_file
-from visionsweep.sweep.slots import slots_taken, trial_status
+from visionsweep.sweep.slots import is_stale, slots_taken, trial_status
 from visionsweep.sweep.storage import journal_path, mask_url, open_storage
+from visionsweep.sweep.workers import STALE_AFTER_S, RunnerRecord, runner_records
 
 
 @dataclass(frozen=True)
 class SweepStatus:
-    """A snapshot of one sweep. ``counts`` maps every status (``attrs``) to its number of trials."""
+    """A snapshot of one sweep. ``counts`` maps every status (``attrs``) to its number of trials.
+
+    ``state`` is ``finished`` (the budget is spent and no trial runs), ``running`` (a runner is
+    alive) or ``stopped`` (work is left and no runner is alive: killed, crashed, or ended by its
+    timeout; ``resume_command`` continues it). A RUNNING trial whose runner is gone is counted
+    *interrupted* and listed in ``interrupted``: that is what the next run records it as before
+    re-running it. ``runners`` holds the live runners and the dead ones that no runner took over.
+    """
 
     run_dir: Path
     study_name: str
@@ -36,6 +48,10 @@ class SweepStatus:
     rows: list[LeaderboardRow]
     best: LeaderboardRow | None
     finished: bool
+    state: str = "finished"
+    runners: list[RunnerRecord] = field(default_factory=list)
+    interrupted: list[int] = field(default_factory=list)
+    resume_command: str = ""
 
     @property
     def done(self) -> int:
@@ -46,6 +62,36 @@ class SweepStatus:
 def sweep_status(run_dir: str | Path) -> SweepStatus:
     """Read the state of the sweep in ``run_dir``. Raises ``SettingsError`` for a folder without a sweep."""
     run_dir = Path(run_dir)
+    record, study = open_sweep_study(run_dir)
+    now = time.time()
+    trials = study.get_trials(deepcopy=False)
+    runners = runner_records(study, now=now)
+    stale_after = {(r.host, r.worker): r.stale_after_s for r in runners}
+    lost = [t.number for t in trials if t.state == TrialState.RUNNING and is_stale(
+        t, now, stale_after.get((t.user_attrs.get(attrs.HOST), t.user_attrs.get(attrs.WORKER)), STALE_AFTER_S))]
+    counts: dict[str, int] = {}
+    for trial in trials:
+        status = attrs.INTERRUPTED if trial.number in lost else trial_status(trial)
+        counts[status] = counts.get(status, 0) + 1
+    summary = study.user_attrs.get(attrs.JOB_SUMMARY, {})
+    budget = int(study.user_attrs.get(attrs.BUDGET, 0))
+    rows = [row for row in leaderboard_rows(study) if row.trial not in lost]
+    finished = (slots_taken(trials) >= budget and not counts.get(attrs.RUNNING) and not counts.get(attrs.WAITING))
+    alive = any(r.state == "running" for r in runners) or bool(counts.get(attrs.RUNNING))
+    state = "finished" if finished else "running" if alive else "stopped"
+    storage_label = mask_url(record["storage"]) if record.get("storage") else str(journal_path(None, run_dir))
+    return SweepStatus(run_dir, record["study_name"], storage_label, summary.get("task", record.get("task", "?")),
+                       summary.get("primary_metric", record.get("primary_metric", "?")), summary.get("plan", ""),
+                       budget, counts, rows, best_row(rows), finished, state,
+                       [r for r in runners if r.state == "running" or (r.state == "dead" and r.noticed is None)],
+                       lost, _resume_command(run_dir, record))
+
+
+def open_sweep_study(run_dir: str | Path) -> tuple[dict[str, Any], optuna.Study]:
+    """The ``sweep.json`` record of a run folder and its study, opened read-only in spirit (no
+    sampler state, nothing written). Raises ``SettingsError`` when the folder holds no sweep, or
+    its study is not in the storage yet."""
+    run_dir = Path(run_dir)
     record = read_sweep_file(run_dir)
     storage = open_storage(record.get("storage"), run_dir)
     try:
@@ -54,24 +100,13 @@ def sweep_status(run_dir: str | Path) -> SweepStatus:
     except KeyError:
         raise SettingsError([f"{run_dir}: study {record['study_name']!r} is not in its storage yet (the sweep has "
                              "not started, or the storage is another one)"], context="run folder") from None
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for trial in trials:
-        status = trial_status(trial)
-        counts[status] = counts.get(status, 0) + 1
-    summary = study.user_attrs.get(attrs.JOB_SUMMARY, {})
-    budget = int(study.user_attrs.get(attrs.BUDGET, 0))
-    rows = leaderboard_rows(study)
-    finished = (slots_taken(trials) >= budget and not counts.get(attrs.RUNNING) and not counts.get(attrs.WAITING))
-    storage_label = mask_url(record["storage"]) if record.get("storage") else str(journal_path(None, run_dir))
-    return SweepStatus(run_dir, record["study_name"], storage_label, summary.get("task", record.get("task", "?")),
-                       summary.get("primary_metric", record.get("primary_metric", "?")), summary.get("plan", ""),
-                       budget, counts, rows, best_row(rows), finished)
+    return record, study
 
 
 def format_status(status: SweepStatus, *, limit: int = 10) -> str:
-    """A human-readable report: progress, counts, running trials, the best trial and the top of the board."""
-    state = "finished" if status.finished else "in progress"
+    """A human-readable report: progress, counts, runners, running and interrupted trials, the best
+    trial and the top of the board; for a stopped sweep, why and the command that resumes it."""
+    state = {"finished": "finished", "running": "in progress", "stopped": "stopped"}[status.state]
     lines = [f"sweep {status.study_name} ({status.task}, {state})", f"  run folder: {status.run_dir}",
              f"  storage:    {status.storage}", f"  plan:       {status.plan}",
              f"  progress:   {status.done}/{status.budget} trials ended"]
@@ -80,11 +115,32 @@ def format_status(status: SweepStatus, *, limit: int = 10) -> str:
              if status.counts.get(s)]
     if shown:
         lines.append(f"  trials:     {', '.join(shown)}")
+    dead = [r for r in status.runners if r.state == "dead"]
+    for runner in status.runners:
+        if runner.state == "running":
+            lines.append(f"  runner:     {runner.describe()} ({runner.last_heartbeat()})")
     for row in status.rows:
         if row.status == attrs.RUNNING:
             seen = (f"interval {row.last_interval}, {status.primary_metric} {row.last_value:.4g}"
                     if row.last_interval is not None else "no validation pass yet")
             lines.append(f"  running:    trial {row.trial} on {row.host or '?'} ({seen})")
+    interrupted = ""
+    if status.interrupted:
+        many = len(status.interrupted) > 1
+        interrupted = (f"trial{'s' if many else ''} {', '.join(map(str, status.interrupted))} "
+                       f"{'were' if many else 'was'} interrupted")
+    if status.state == "stopped":
+        why = (" and ".join(f"runner ({r.describe()}, {r.last_heartbeat()})" for r in dead)
+               + f" {'are' if len(dead) > 1 else 'is'} not running (killed or crashed)") if dead else \
+            "no runner is running (each one ended: a timeout_minutes limit, Ctrl-C or SIGTERM)"
+        lines.append(f"  stopped:    {'; '.join(filter(None, [why, interrupted]))}")
+        lines.append(f"  to resume:  rerun `{status.resume_command}`")
+    elif status.state == "running":
+        for runner in dead:
+            lines.append(f"  lost:       runner ({runner.describe()}, {runner.last_heartbeat()}) is not running; "
+                         "the running workers re-run its trials")
+        if interrupted:
+            lines.append(f"  lost:       {interrupted} (their runner is gone); they are re-run with the same values")
     if status.best is not None:
         lines.append(f"  best:       trial {status.best.trial}, {status.primary_metric} {status.best.score:.4g}")
     if status.rows:
@@ -113,3 +169,11 @@ def run_dashboard(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8
 def dashboard_available() -> bool:
     """Whether the optuna-dashboard command is on PATH."""
     return shutil.which("optuna-dashboard") is not None
+
+
+def _resume_command(run_dir: Path, record: dict[str, Any]) -> str:
+    """The command that resumes the sweep: the job file it was started with, else the run folder's copy."""
+    job = record.get("job_file")
+    if not job or not Path(job).is_file():
+        job = str(run_dir / "job.yml") if (run_dir / "job.yml").is_file() else "JOB.yml"
+    return f"visionsweep run {shlex.quote(str(job))} --run-dir {shlex.quote(str(run_dir))}"

@@ -6,18 +6,22 @@
   shared file system with working locks (NFSv3+) extends that to several machines. SQLite is not
   used by default because parallel writers get "database is locked" (spec C.5).
 * A URL: ``postgresql://user@host/db`` (or ``mysql://``, ``sqlite:///file.db``) opens Optuna's
-  ``RDBStorage``; ``redis://host:port`` opens a Redis journal (needs the ``redis`` package).
+  ``RDBStorage`` (the first worker creates the tables; workers that start together retry, see
+  ``_database``); ``redis://host:port`` opens a Redis journal (needs the ``redis`` package),
+  without Optuna's pickled snapshot (``_RedisLogOnly``).
   PostgreSQL needs a driver: SQLAlchemy 2.1 reads ``postgresql://`` with psycopg 3
   (``pip install "psycopg[binary]"``); ``postgresql+psycopg2://`` selects psycopg2 instead.
 * Any other string is a journal file path (relative to the run folder).
 """
 from __future__ import annotations
 
+import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, RDBStorage
@@ -31,6 +35,9 @@ JOURNAL_FILE = "study.journal"
 # behind; Optuna breaks it after this many seconds of no change (its default, 30 s, made every
 # resume after a kill wait half a minute).
 LOCK_GRACE_S = 5
+# How long opening a database is retried: long enough for a worker that creates the tables at the
+# same moment to finish (milliseconds on SQLite, a second or two on a remote server).
+_CREATE_RETRY_S = 15.0
 _RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "mariadb", "oracle", "mssql")
 
 
@@ -41,14 +48,10 @@ def open_storage(spec: str | None, run_dir: str | Path) -> BaseStorage:
         return _journal(run_dir.resolve() / JOURNAL_FILE)
     scheme = spec.split("://", 1)[0].split("+", 1)[0].lower() if "://" in spec else ""
     if scheme == "redis":
-        return JournalStorage(JournalRedisBackend(spec))
+        return JournalStorage(_RedisLogOnly(spec))
     if scheme in _RDB_SCHEMES:
         url = "postgresql" + spec[len("postgres"):] if spec.startswith("postgres://") else spec
-        try:
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except ImportError as error:
-            raise SettingsError([f"--storage {mask_url(spec)}: the database driver is missing ({error.__cause__ or error}); "
-                                 "for postgresql:// install it with: pip install \"psycopg[binary]\""], context="storage") from None
+        return _database(url, spec)
     if scheme:
         raise SettingsError([f"--storage {mask_url(spec)}: unknown scheme {scheme!r}; use postgresql://, mysql://, "
                              "sqlite:///, redis:// or a journal file path"], context="storage")
@@ -99,6 +102,47 @@ def open_study(storage: BaseStorage, study_name: str, *, fingerprint: str, plan:
             "space, sampling, policy or max_trials differ). Run the changed job in a new run folder, or give it "
             "another name (job name: or --study-name)"], context="sweep")
     return study, stored[attrs.PLAN], created
+
+
+def _database(url: str, spec: str) -> RDBStorage:
+    """Open Optuna's RDBStorage, creating its tables in a new database.
+
+    Two workers that open a new database at the same moment both create Optuna's tables and both
+    stamp its schema version; the slower one's statement fails ("table studies already exists",
+    "UNIQUE constraint failed: alembic_version.version_num" on SQLite, the same as other errors on
+    PostgreSQL and MySQL). Moments later the faster one has finished, and opening again finds the
+    complete schema and creates nothing. So a failed first open is retried for up to
+    ``_CREATE_RETRY_S``; what still fails after that (a server that does not answer, a file that
+    cannot be written) is reported.
+    """
+    started = time.monotonic()
+    delay = 0.05
+    while True:
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except ImportError as error:
+            raise SettingsError([f"--storage {mask_url(spec)}: the database driver is missing "
+                                 f"({error.__cause__ or error}); for postgresql:// install it with: "
+                                 "pip install \"psycopg[binary]\""], context="storage") from None
+        except sqlalchemy.exc.DBAPIError as error:
+            if time.monotonic() - started > _CREATE_RETRY_S:
+                first = str(error.orig or error).strip().splitlines()[0]
+                raise SettingsError([f"--storage {mask_url(spec)}: cannot open the database: {first}"],
+                                    context="storage") from None
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
+
+
+class _RedisLogOnly(JournalRedisBackend):
+    """Optuna's Redis journal without its snapshot. Optuna keeps a pickled copy of the study in
+    Redis next to the log and unpickles it on open, so whoever could write that one key could run
+    code in every worker; the log (JSON) alone rebuilds the same study, a little more slowly."""
+
+    def save_snapshot(self, snapshot: bytes) -> None:
+        pass
+
+    def load_snapshot(self) -> bytes | None:
+        return None
 
 
 def _journal(path: Path) -> JournalStorage:
