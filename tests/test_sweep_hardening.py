@@ -43,7 +43,7 @@ def job_file(tmp_path):
 
 def test_status_after_a_killed_runner_says_it_stopped_and_how_to_resume(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.1")
-    monkeypatch.setenv(STALL_AFTER, "1")  # the first runner's trial reports once, then runs until it is killed
+    monkeypatch.setenv(STALL_AFTER, "2")  # the first runner's trial reports epoch 1, then runs until it is killed
     path = job_file("""\
         limits: {max_trials: 3, max_concurrent_trials: 1}
         training_parameters: {number_of_epochs: 4}
