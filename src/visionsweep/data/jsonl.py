@@ -5,23 +5,24 @@ One line per image: ``{"image_url": ..., "image_details": {...}, "label": ...}``
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlparse
-
-import yaml
 
 from visionsweep.data import report as reasons
 from visionsweep.data.images import probe_image
 from visionsweep.data.labels import BadLabel, LabelParser, label_parser
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
+from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.tasks import Task
+from visionsweep.yaml_files import YamlError, read_yaml_file
 
 
 def read_labeled_data(
@@ -109,9 +110,9 @@ def read_mltable(folder: Path) -> list[Path]:
     if not mltable.is_file():
         raise DataError(f"{folder} is a folder without an MLTable file; pass a .jsonl file or an MLTable folder")
     try:
-        spec = yaml.safe_load(mltable.read_text())
-    except yaml.YAMLError as error:
-        raise DataError(f"{mltable} is not valid YAML: {error}") from None
+        spec = read_yaml_file(mltable)
+    except YamlError as error:
+        raise DataError(str(error)) from None
     if not isinstance(spec, dict) or not isinstance(spec.get("paths"), list):
         raise DataError(f"{mltable} has no 'paths' list; it must point at JSONL files with '- file: train.jsonl'")
     transformations = spec.get("transformations") or []
