@@ -137,46 +137,67 @@ def parse_jsonl(path: Path, report: DataReport, parse_label: LabelParser | None,
     """Records of one JSONL file, images not yet checked. Without ``parse_label`` labels are ignored
     (prediction inputs need only ``image_url``). Bad lines are skipped into ``report``."""
     records = []
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    for location, item in read_json_lines(path, report):
+        report.records_read += 1
+        if item is None:
+            continue
+        url = item.get("image_url")
+        if not isinstance(url, str) or not url.strip():
+            report.skip(location, reasons.MISSING_IMAGE_URL, "no image_url string in this line")
+            continue
+        image_path = resolve_image_url(url, path.parent)
+        if image_path is None:
+            report.skip(location, reasons.UNSUPPORTED_URL,
+                        "only local paths and file:// URLs can be read; download the images and point "
+                        "image_url at them (relative paths resolve against the JSONL file's folder)", url)
+            continue
+        if parse_label is None:
+            records.append(ImageRecord(image_path=image_path, image_url=url, location=location))
+            continue
+        if label_column not in item:
+            report.skip(location, reasons.BAD_LABEL, f"no {label_column!r} key in this line", url)
+            continue
+        try:
+            parsed = parse_label(item[label_column])
+        except BadLabel as error:
+            report.skip(location, reasons.BAD_LABEL, str(error), url)
+            continue
+        for reason in parsed.dropped:
+            report.drop_annotation(location, "annotation dropped", reason, url)
+        records.append(ImageRecord(image_path=image_path, image_url=url, labels=parsed.labels,
+                                   objects=parsed.objects, location=location))
+    return records
+
+
+def read_json_lines(path: Path, report: DataReport) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """``(location, object)`` for each line of a JSON Lines file but blank ones, ``location`` being
+    ``file:line``.
+
+    Lines are decoded one by one as UTF-8 (a byte-order mark at the start is allowed), so a line that
+    is not UTF-8, not JSON or not a JSON object is one malformed line, skipped into ``report`` and
+    yielded with ``None``, and the rest of the file is still read.
+    """
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.strip():
                 continue
-            report.records_read += 1
             location = f"{path.name}:{number}"
             try:
-                item = json.loads(line)
+                item = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                problem = (f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line); "
+                           "save the file as UTF-8")
             except json.JSONDecodeError as error:
-                report.skip(location, reasons.MALFORMED_LINE, f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(item, dict):
-                report.skip(location, reasons.MALFORMED_LINE, f"a line must be a JSON object, got {type(item).__name__}")
-                continue
-            url = item.get("image_url")
-            if not isinstance(url, str) or not url.strip():
-                report.skip(location, reasons.MISSING_IMAGE_URL, "no image_url string in this line")
-                continue
-            image_path = resolve_image_url(url, path.parent)
-            if image_path is None:
-                report.skip(location, reasons.UNSUPPORTED_URL,
-                            "only local paths and file:// URLs can be read; download the images and point "
-                            "image_url at them (relative paths resolve against the JSONL file's folder)", url)
-                continue
-            if parse_label is None:
-                records.append(ImageRecord(image_path=image_path, image_url=url, location=location))
-                continue
-            if label_column not in item:
-                report.skip(location, reasons.BAD_LABEL, f"no {label_column!r} key in this line", url)
-                continue
-            try:
-                parsed = parse_label(item[label_column])
-            except BadLabel as error:
-                report.skip(location, reasons.BAD_LABEL, str(error), url)
-                continue
-            for reason in parsed.dropped:
-                report.drop_annotation(location, "annotation dropped", reason, url)
-            records.append(ImageRecord(image_path=image_path, image_url=url, labels=parsed.labels,
-                                       objects=parsed.objects, location=location))
-    return records
+                problem = f"not valid JSON ({error.msg})"
+            else:
+                problem = None if isinstance(item, dict) else f"a line must be a JSON object, got {type(item).__name__}"
+            if problem is not None:
+                report.skip(location, reasons.MALFORMED_LINE, problem)
+                yield location, None
+            else:
+                yield location, item
 
 
 def resolve_image_url(url: str, base: Path) -> Path | None:
