@@ -186,6 +186,8 @@ def _describe(error: ValidationError, given: Mapping[str, Any]) -> list[str]:
     for item in error.errors():
         key, *inner = [str(part) for part in item["loc"]] or ["settings"]
         message = item["msg"].removeprefix("Value error, ")
+        if type(item.get("ctx", {}).get("le")) is int:  # a size or count limit: say where its reason is
+            message += " (docs/security.md gives the reason for each size and count limit)"
         if inner:  # an element of a tuple such as tile_grid_size: show the whole value given
             message = f"item {'.'.join(inner)}: {message}"
         lines.append(f"{key}: got {given.get(key, item['input'])!r}; {message}")
