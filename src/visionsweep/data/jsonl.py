@@ -31,8 +31,10 @@ def read_labeled_data(
     *,
     ignore_data_errors: bool = True,
     label_column: str = "label",
+    tiling: Tiling | None = None,
 ) -> LabeledData:
-    """Read a JSONL file or an MLTable folder into records, checking every image and label.
+    """Read a JSONL file or an MLTable folder into records, checking every image and label, and with
+    ``tiling`` that the grid gives each image tiles of at least ``MIN_TILE_SIDE`` pixels.
 
     Records that cannot be used are skipped and listed in the report with their reason. With
     ``ignore_data_errors=False`` any skipped record is an error instead (all of them are listed).
@@ -44,6 +46,8 @@ def read_labeled_data(
     for jsonl_path in _jsonl_files(source):
         candidates.extend(parse_jsonl(jsonl_path, report, label_parser(task), label_column))
     records = check_images(candidates, report)
+    if tiling is not None:
+        records = _skip_too_small_for_tiles(records, tiling, report)
     report.kept = len(records)
     for record in records:
         for name in record.class_names():
@@ -232,6 +236,18 @@ def check_images(records: list[ImageRecord], report: DataReport) -> list[ImageRe
         first_seen[key] = record.location
         width, height = probe
         kept.append(replace(record, width=width, height=height))
+    return kept
+
+
+def _skip_too_small_for_tiles(records: list[ImageRecord], tiling: Tiling, report: DataReport) -> list[ImageRecord]:
+    kept = []
+    for record in records:
+        problem = tiling.too_small(record.width, record.height)
+        if problem is None:
+            kept.append(record)
+        else:
+            report.skip(record.location, reasons.TOO_SMALL_FOR_TILES, f"{record.image_path} is {problem}",
+                        record.image_url)
     return kept
 
 

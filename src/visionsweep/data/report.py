@@ -14,6 +14,7 @@ UNREADABLE_IMAGE = "unreadable image"
 BAD_LABEL = "bad label"
 DUPLICATE = "duplicate image"
 NO_ANNOTATION_FILE = "annotation without image"
+TOO_SMALL_FOR_TILES = "too small for tile_grid_size"
 
 
 @dataclass(frozen=True)
