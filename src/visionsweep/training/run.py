@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ from torch import nn
 
 from visionsweep.data import report as reasons
 from visionsweep.data.jsonl import write_jsonl
-from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import scalar_metrics
 from visionsweep.models import build_model, get_model_spec
-from visionsweep.settings import Settings, resolve_settings
+from visionsweep.settings import Settings
 from visionsweep.tasks import Task, parse_task
 from visionsweep.training.checkpoint import (
     BEST_MODEL_FILE,
@@ -43,8 +42,9 @@ from visionsweep.training.checkpoint import (
 from visionsweep.training.classification import classification_pipeline
 from visionsweep.training.detection import detection_pipeline
 from visionsweep.training.segmentation import segmentation_pipeline
-from visionsweep.training.environment import seed_everything, select_device
+from visionsweep.training.environment import seed_everything
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
+from visionsweep.training.preflight import prepare_run
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule
 from visionsweep.training.yolo import yolo_pipeline
@@ -98,22 +98,19 @@ def train(
     the labels (an Azure job's ``target_column_name``).
     """
     task = parse_task(task)
-    if not isinstance(settings, Settings):
-        settings = resolve_settings(task, settings)
     if task not in _PIPELINES:
         raise NotImplementedError(f"training for {task} is not implemented yet")
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    settings = settings.model_copy(update={"seed": seed})  # notes travel with the copy
+    # Every setting and the data are checked before the run folder exists: a user's mistake leaves
+    # no half-made run behind, and validate-data runs the very same checks.
+    prepared = prepare_run(task, data, validation_data, settings=settings, label_column=label_column)
+    settings, device, data_ = prepared.settings, prepared.device, prepared.data
     run_dir = Path(output) if output is not None else _default_run_dir(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _run_log(run_dir / "train.log"):
         for note in settings.notes:
             log.warning("setting note: %s", note)
         write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
-        seed_everything(seed, settings.deterministic)
-        device = select_device(settings.device)
-        data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
-                                   ignore_data_errors=settings.ignore_data_errors, label_column=label_column)
+        seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
         write_jsonl(data_.train, run_dir / "train.jsonl", task)
