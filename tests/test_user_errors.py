@@ -48,13 +48,15 @@ def test_the_same_through_the_console_prints_no_traceback(tmp_path):
 
 
 def test_a_failure_after_the_data_check_writes_no_run_folder_either(tmp_path, capsys, caplog):
-    # The weights are checked with the model, after the data: still before anything is written.
+    # A weights file that exists is read with the model, after the data: still before anything is written.
     data = write_color_dataset(tmp_path / "data", per_class=3)
+    weights = tmp_path / "damaged-weights.pth"
+    weights.write_bytes(b"not a weights file")
     output = tmp_path / "run"
     code = main(["train", "--task", "image_classification", "--data", str(data), "--output", str(output), *TINY,
-                 "--set", "pretrained=true", "--set", f"pretrained_weights={tmp_path / 'no-such-weights.pth'}"])
+                 "--set", "pretrained=true", "--set", f"pretrained_weights={weights}"])
     assert code == 2
-    assert "no-such-weights.pth" in _one_error_line(capsys, caplog)
+    assert "damaged-weights.pth" in _one_error_line(capsys, caplog)
     assert not output.exists()
 
 

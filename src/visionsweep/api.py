@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from visionsweep.data import convert as _convert
 from visionsweep.data.importers import ImportResult
 from visionsweep.data.jsonl import read_labeled_data
-from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError, SettingsError
 from visionsweep.inference import classification as classification_inference
@@ -20,6 +20,7 @@ from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task, parse_task
+from visionsweep.training.preflight import prepare_run
 from visionsweep.utils import json_ready
 
 # task -> module with predict_lines(trained, records, report), evaluate_model(trained, records, report)
@@ -96,18 +97,15 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
 
 def validate_data(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,
                   settings: Mapping[str, Any] | None = None, decode_images: bool = True) -> TrainingData:
-    """Read and check the data as ``train`` would, without training: the data reports and the split.
+    """Check the settings and read and check the data exactly as ``train`` does (``prepare_run``),
+    without training: the data reports and the split.
 
     Every image is decoded in full, so that any image training would fail to read is reported here;
     ``decode_images=False`` reads only headers and file structure, as ``train`` does before it starts
     (faster; an image damaged further in, such as a JPEG cut short, is then found only by training).
     The reports say which check ran (``images_checked``).
     """
-    resolved = resolve_settings(task, settings)
-    return load_training_data(resolved.task, data, validation_data, validation_size=resolved.validation_size,
-                              seed=resolved.seed if resolved.seed is not None else 0,
-                              ignore_data_errors=resolved.ignore_data_errors,
-                              max_image_pixels=resolved.max_image_pixels, decode_images=decode_images)
+    return prepare_run(task, data, validation_data, settings=settings, decode_images=decode_images).data
 
 
 def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import yaml
 from pycocotools import mask as mask_utils
 
 from visionsweep.data import report as reasons
@@ -36,6 +35,7 @@ from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.tasks import Task
+from visionsweep.yaml_files import YamlError, read_yaml_file
 
 # Reasons of skipped images specific to these formats (the data report counts records per reason).
 BAD_ANNOTATION_FILE = "unreadable annotation file"
@@ -442,7 +442,10 @@ def _yolo_names(source: Path, names: str | Path | Sequence[str] | None) -> tuple
                             f"data.yaml file in {source} ({found}). Pass names=PATH (one name per line) to choose.")
         path = candidates[0]
     if path.suffix.lower() in (".yaml", ".yml"):
-        spec = yaml.safe_load(path.read_text())
+        try:
+            spec = read_yaml_file(path)
+        except YamlError as error:
+            raise DataError(str(error)) from None
         listed = spec.get("names") if isinstance(spec, dict) else None
         if isinstance(listed, dict):
             listed = [listed[k] for k in sorted(listed, key=int)]

@@ -161,7 +161,8 @@ def check_detection_data(data: LabeledData) -> DetectionDataStats:
     objects = sum(len(r.objects) for r in data.records)
     if objects == 0:
         raise DataError(f"no objects in {data.report.source}: all {len(data.records)} image(s) are background "
-                        f"images (empty label lists). Object detection needs at least one labelled object.\n"
+                        f"images (empty label lists). This is a data problem: detection needs labelled objects; "
+                        f"check the label column (target_column_name) and that the annotations were converted.\n"
                         f"{data.report.summary(max_lines=20)}")
     return DetectionDataStats(
         images=len(data.records),

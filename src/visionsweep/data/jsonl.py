@@ -5,23 +5,24 @@ One line per image: ``{"image_url": ..., "image_details": {...}, "label": ...}``
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlparse
-
-import yaml
 
 from visionsweep.data import report as reasons
 from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, probe_image
 from visionsweep.data.labels import BadLabel, LabelParser, label_parser
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
+from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.tasks import Task
+from visionsweep.yaml_files import YamlError, read_yaml_file
 
 
 def read_labeled_data(
@@ -32,8 +33,10 @@ def read_labeled_data(
     label_column: str = "label",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     decode_images: bool = False,
+    tiling: Tiling | None = None,
 ) -> LabeledData:
-    """Read a JSONL file or an MLTable folder into records, checking every image and label.
+    """Read a JSONL file or an MLTable folder into records, checking every image and label, and with
+    ``tiling`` that the grid gives each image tiles of at least ``MIN_TILE_SIDE`` pixels.
 
     Records that cannot be used are skipped and listed in the report with their reason. With
     ``ignore_data_errors=False`` any skipped record is an error instead (all of them are listed).
@@ -45,6 +48,8 @@ def read_labeled_data(
     for jsonl_path in _jsonl_files(source):
         candidates.extend(parse_jsonl(jsonl_path, report, label_parser(task), label_column))
     records = check_images(candidates, report, max_pixels=max_image_pixels, decode=decode_images)
+    if tiling is not None:
+        records = _skip_too_small_for_tiles(records, tiling, report)
     report.kept = len(records)
     for record in records:
         for name in record.class_names():
@@ -111,9 +116,9 @@ def read_mltable(folder: Path) -> list[Path]:
     if not mltable.is_file():
         raise DataError(f"{folder} is a folder without an MLTable file; pass a .jsonl file or an MLTable folder")
     try:
-        spec = yaml.safe_load(mltable.read_text())
-    except yaml.YAMLError as error:
-        raise DataError(f"{mltable} is not valid YAML: {error}") from None
+        spec = read_yaml_file(mltable)
+    except YamlError as error:
+        raise DataError(str(error)) from None
     if not isinstance(spec, dict) or not isinstance(spec.get("paths"), list):
         raise DataError(f"{mltable} has no 'paths' list; it must point at JSONL files with '- file: train.jsonl'")
     transformations = spec.get("transformations") or []
@@ -138,46 +143,67 @@ def parse_jsonl(path: Path, report: DataReport, parse_label: LabelParser | None,
     """Records of one JSONL file, images not yet checked. Without ``parse_label`` labels are ignored
     (prediction inputs need only ``image_url``). Bad lines are skipped into ``report``."""
     records = []
-    with path.open(encoding="utf-8-sig") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    for location, item in read_json_lines(path, report):
+        report.records_read += 1
+        if item is None:
+            continue
+        url = item.get("image_url")
+        if not isinstance(url, str) or not url.strip():
+            report.skip(location, reasons.MISSING_IMAGE_URL, "no image_url string in this line")
+            continue
+        image_path = resolve_image_url(url, path.parent)
+        if image_path is None:
+            report.skip(location, reasons.UNSUPPORTED_URL,
+                        "only local paths and file:// URLs can be read; download the images and point "
+                        "image_url at them (relative paths resolve against the JSONL file's folder)", url)
+            continue
+        if parse_label is None:
+            records.append(ImageRecord(image_path=image_path, image_url=url, location=location))
+            continue
+        if label_column not in item:
+            report.skip(location, reasons.BAD_LABEL, f"no {label_column!r} key in this line", url)
+            continue
+        try:
+            parsed = parse_label(item[label_column])
+        except BadLabel as error:
+            report.skip(location, reasons.BAD_LABEL, str(error), url)
+            continue
+        for reason in parsed.dropped:
+            report.drop_annotation(location, "annotation dropped", reason, url)
+        records.append(ImageRecord(image_path=image_path, image_url=url, labels=parsed.labels,
+                                   objects=parsed.objects, location=location))
+    return records
+
+
+def read_json_lines(path: Path, report: DataReport) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """``(location, object)`` for each line of a JSON Lines file but blank ones, ``location`` being
+    ``file:line``.
+
+    Lines are decoded one by one as UTF-8 (a byte-order mark at the start is allowed), so a line that
+    is not UTF-8, not JSON or not a JSON object is one malformed line, skipped into ``report`` and
+    yielded with ``None``, and the rest of the file is still read.
+    """
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.strip():
                 continue
-            report.records_read += 1
             location = f"{path.name}:{number}"
             try:
-                item = json.loads(line)
+                item = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                problem = (f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line); "
+                           "save the file as UTF-8")
             except json.JSONDecodeError as error:
-                report.skip(location, reasons.MALFORMED_LINE, f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(item, dict):
-                report.skip(location, reasons.MALFORMED_LINE, f"a line must be a JSON object, got {type(item).__name__}")
-                continue
-            url = item.get("image_url")
-            if not isinstance(url, str) or not url.strip():
-                report.skip(location, reasons.MISSING_IMAGE_URL, "no image_url string in this line")
-                continue
-            image_path = resolve_image_url(url, path.parent)
-            if image_path is None:
-                report.skip(location, reasons.UNSUPPORTED_URL,
-                            "only local paths and file:// URLs can be read; download the images and point "
-                            "image_url at them (relative paths resolve against the JSONL file's folder)", url)
-                continue
-            if parse_label is None:
-                records.append(ImageRecord(image_path=image_path, image_url=url, location=location))
-                continue
-            if label_column not in item:
-                report.skip(location, reasons.BAD_LABEL, f"no {label_column!r} key in this line", url)
-                continue
-            try:
-                parsed = parse_label(item[label_column])
-            except BadLabel as error:
-                report.skip(location, reasons.BAD_LABEL, str(error), url)
-                continue
-            for reason in parsed.dropped:
-                report.drop_annotation(location, "annotation dropped", reason, url)
-            records.append(ImageRecord(image_path=image_path, image_url=url, labels=parsed.labels,
-                                       objects=parsed.objects, location=location))
-    return records
+                problem = f"not valid JSON ({error.msg})"
+            else:
+                problem = None if isinstance(item, dict) else f"a line must be a JSON object, got {type(item).__name__}"
+            if problem is not None:
+                report.skip(location, reasons.MALFORMED_LINE, problem)
+                yield location, None
+            else:
+                yield location, item
 
 
 def resolve_image_url(url: str, base: Path) -> Path | None:
@@ -223,4 +249,16 @@ def check_images(records: list[ImageRecord], report: DataReport, *, max_pixels: 
         first_seen[key] = record.location
         width, height = probed
         kept.append(replace(record, width=width, height=height))
+    return kept
+
+
+def _skip_too_small_for_tiles(records: list[ImageRecord], tiling: Tiling, report: DataReport) -> list[ImageRecord]:
+    kept = []
+    for record in records:
+        problem = tiling.too_small(record.width, record.height)
+        if problem is None:
+            kept.append(record)
+        else:
+            report.skip(record.location, reasons.TOO_SMALL_FOR_TILES, f"{record.image_path} is {problem}",
+                        record.image_url)
     return kept

@@ -15,6 +15,7 @@ IMAGE_TOO_LARGE = "image too large"
 BAD_LABEL = "bad label"
 DUPLICATE = "duplicate image"
 NO_ANNOTATION_FILE = "annotation without image"
+TOO_SMALL_FOR_TILES = "too small for tile_grid_size"
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,14 @@ The layout and the cutting rules are the reference's (spec section 4.1 and 4.3):
   tile is the un-floored intersection;
 * training and validation use the full images plus the tiles that hold at least one object (an
   image without objects gets no tiles); prediction uses the full images plus every tile.
+
+Ours: a tile must be at least ``MIN_TILE_SIDE`` pixels wide and high. Training and validation images
+whose grid gives smaller tiles are skipped as bad records when the data is read (``too_small``), so
+a grid too fine for the data is reported before training starts instead of training on slivers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
@@ -29,6 +34,11 @@ from visionsweep.data.records import ObjectAnnotation
 
 if TYPE_CHECKING:
     from visionsweep.settings import Settings
+
+# Smallest tile side in pixels. Each tile is resized up to the model's input (min_size, img_size), so a
+# tile of a few pixels would become a blur of a few pixels' content; 32 is also the coarsest stride of
+# the detectors' feature maps (FPN level 5, YOLOv5 P5).
+MIN_TILE_SIDE = 32
 
 
 class Tile(NamedTuple):
@@ -83,6 +93,26 @@ class Tiling:
     def layout(self, width: int, height: int) -> list[Tile]:
         """``tile_layout`` of a (width x height) image with this grid and overlap."""
         return tile_layout(width, height, self.grid, self.overlap)
+
+    def tile_size(self, width: int, height: int) -> tuple[float, float]:
+        """Width and height in pixels of the tiles of a (width x height) image (before rounding)."""
+        columns, rows = self.grid
+        return (width / (self.overlap + (1.0 - self.overlap) * columns),
+                height / (self.overlap + (1.0 - self.overlap) * rows))
+
+    def too_small(self, width: int, height: int) -> str | None:
+        """Why a (width x height) image cannot be tiled with this grid (tiles under ``MIN_TILE_SIDE``
+        pixels), with the largest grid that would fit it; None when it can."""
+        tile_width, tile_height = self.tile_size(width, height)
+        if min(tile_width, tile_height) >= MIN_TILE_SIDE:
+            return None
+        fits = [max(0, math.floor((side / MIN_TILE_SIDE - self.overlap) / (1.0 - self.overlap)))
+                for side in (width, height)]
+        hint = (f"a grid of at most {fits[0]}x{fits[1]} fits it" if min(fits) >= 1 and max(fits) >= 2
+                else "the image is too small to be cut into tiles")
+        return (f"{width} x {height} pixels: tile_grid_size {self.grid[0]}x{self.grid[1]} with overlap {self.overlap} "
+                f"gives tiles of {tile_width:.1f} x {tile_height:.1f} pixels, under the {MIN_TILE_SIDE} a tile needs; "
+                f"{hint}")
 
     @property
     def tiles_per_image(self) -> int:

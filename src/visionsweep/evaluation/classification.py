@@ -3,7 +3,8 @@
 Multi-class: predicted class = argmax of the probabilities. Multi-label: a class is predicted when
 its probability is strictly greater than 0.5. AUC and average precision are one-vs-rest per class;
 a class without both positive and negative validation images has no AUC (NaN) and is left out of
-the macro and weighted averages instead of failing the whole metric.
+the macro and weighted averages instead of failing the whole metric. Multi-label with a single class
+(each image has the class or not) is scored by the same definitions as with several.
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def classification_metrics(
         truth = np.eye(num_classes, dtype=int)[np.asarray(targets, dtype=int)]
         predicted = np.eye(num_classes, dtype=int)[probabilities.argmax(axis=1)]
     support = truth.sum(axis=0)
+    # sklearn reads a one-column 0/1 matrix as binary targets (scoring label 0 as a class too) and then
+    # refuses samplewise averages; with a zero column that ``labels`` leaves out it reads the matrix as
+    # multi-label indicators, and every score is that of the one real column.
+    labels = list(range(num_classes))
+    indicator_truth, indicator_predicted = truth, predicted
+    if num_classes == 1:
+        indicator_truth, indicator_predicted = (np.hstack([m, np.zeros_like(m)]) for m in (truth, predicted))
 
     result: dict[str, Any] = {"accuracy": float(skm.accuracy_score(truth, predicted))}
     with warnings.catch_warnings():
@@ -42,9 +50,10 @@ def classification_metrics(
         for name, function in (("precision_score", skm.precision_score), ("recall_score", skm.recall_score),
                                ("f1_score", skm.f1_score)):
             for average in _AVERAGES:
-                result[f"{name}_{average}"] = float(function(truth, predicted, average=average, zero_division=0))
-            result[f"{name}_classwise"] = _per_class(function(truth, predicted, average=None, zero_division=0),
-                                                     class_names)
+                result[f"{name}_{average}"] = float(function(indicator_truth, indicator_predicted, labels=labels,
+                                                             average=average, zero_division=0))
+            result[f"{name}_classwise"] = _per_class(function(indicator_truth, indicator_predicted, labels=labels,
+                                                              average=None, zero_division=0), class_names)
         for name, function in (("AUC", skm.roc_auc_score), ("average_precision_score", skm.average_precision_score)):
             per_class = np.array([_ranking_score(function, truth[:, c], probabilities[:, c])
                                   for c in range(num_classes)])
@@ -61,11 +70,13 @@ def classification_metrics(
                 skm.average_precision_score, truth[:, 1], probabilities[:, 1])
         result["log_loss"] = _log_loss(probabilities, truth, multilabel)
         if multilabel:
-            result["iou"] = float(skm.jaccard_score(truth, predicted, average="samples", zero_division=0))
+            result["iou"] = float(skm.jaccard_score(indicator_truth, indicator_predicted, labels=labels,
+                                                    average="samples", zero_division=0))
             for average in _AVERAGES:
-                result[f"iou_{average}"] = float(skm.jaccard_score(truth, predicted, average=average, zero_division=0))
-            result["iou_classwise"] = _per_class(
-                skm.jaccard_score(truth, predicted, average=None, zero_division=0), class_names)
+                result[f"iou_{average}"] = float(skm.jaccard_score(indicator_truth, indicator_predicted, labels=labels,
+                                                                   average=average, zero_division=0))
+            result["iou_classwise"] = _per_class(skm.jaccard_score(
+                indicator_truth, indicator_predicted, labels=labels, average=None, zero_division=0), class_names)
         else:
             matrix = skm.confusion_matrix(truth.argmax(1), predicted.argmax(1), labels=range(num_classes))
             result["confusion_matrix"] = {"class_labels": list(class_names), "matrix": matrix.tolist()}

@@ -1,11 +1,11 @@
 """Reading a predictions file (the scoring format, JSON Lines) and pairing its lines with labelled records."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from visionsweep.data import report as reasons
+from visionsweep.data.jsonl import read_json_lines
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
@@ -37,21 +37,14 @@ def _lines_by_filename(path: Path, report: DataReport) -> dict[str, dict[str, An
     if not path.is_file():
         raise DataError(f"predictions file {path} does not exist")
     lines: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            location = f"{path.name}:{number}"
-            try:
-                item = json.loads(text)
-            except json.JSONDecodeError as error:
-                report.skip(location, reasons.MALFORMED_LINE, f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
-                report.skip(location, reasons.MALFORMED_LINE, "a prediction line needs a 'filename' string")
-                continue
-            if item["filename"] in lines:
-                report.skip(location, reasons.DUPLICATE, "a second line for the same filename", item["filename"])
-                continue
-            lines[item["filename"]] = item
+    for location, item in read_json_lines(path, report):
+        if item is None:
+            continue
+        if not isinstance(item.get("filename"), str):
+            report.skip(location, reasons.MALFORMED_LINE, "a prediction line needs a 'filename' string")
+            continue
+        if item["filename"] in lines:
+            report.skip(location, reasons.DUPLICATE, "a second line for the same filename", item["filename"])
+            continue
+        lines[item["filename"]] = item
     return lines

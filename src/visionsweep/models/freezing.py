@@ -12,13 +12,21 @@ def freeze_layer_groups(model: nn.Module, model_name: str, groups: tuple[tuple[s
     Every other parameter is made trainable. BatchNorm layers that lie wholly in the frozen groups
     also stop updating their running statistics: ``train_mode`` keeps them in eval mode.
     """
-    if count > len(groups):
-        names = ", ".join("+".join(p.rstrip(".") for p in group) for group in groups)
-        raise SettingsError([f"layers_to_freeze: got {count}; {model_name} has {len(groups)} layer groups "
-                             f"({names}), so use 0 to {len(groups)}"])
+    problem = layers_to_freeze_problem(model_name, groups, count)
+    if problem is not None:
+        raise SettingsError([problem])
     prefixes = tuple(prefix for group in groups[:count] for prefix in group)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(prefixes))
+
+
+def layers_to_freeze_problem(model_name: str, groups: tuple[tuple[str, ...], ...], count: int | None) -> str | None:
+    """Why ``layers_to_freeze=count`` does not fit a model with these layer groups; None when it does."""
+    if count is None or count <= len(groups):
+        return None
+    names = ", ".join("+".join(p.rstrip(".") for p in group) for group in groups)
+    return (f"layers_to_freeze: got {count}; {model_name} has {len(groups)} layer groups ({names}), "
+            f"so use 0 to {len(groups)}")
 
 
 def train_mode(model: nn.Module) -> nn.Module:

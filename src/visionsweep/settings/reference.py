@@ -5,7 +5,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from visionsweep.settings.resolve import ALIASES
-from visionsweep.settings.schema import Settings, scope_of
+from visionsweep.settings.schema import MAX_TILES_PER_SIDE, Settings, scope_of
 
 _VARYING = {
     "model_name": "task default: vitb16r224 (classification), yolov5 (detection), maskrcnn_resnet50_fpn "
@@ -35,6 +35,8 @@ def settings_reference() -> str:
         "a test fails when this page is out of date. Every key can be given in a settings file",
         "(`--config`), with `--set KEY=VALUE`, in Python (`settings={...}`), or in a job's",
         "`training_parameters` and `search_space`. Azure's v2 names are accepted as aliases.",
+        "The upper bounds of sizes and counts (Azure has none) are explained in",
+        "[security.md](security.md#size-and-count-limits-of-settings).",
         "",
         "| key | aliases | type and allowed values | default | applies to | meaning |",
         "|---|---|---|---|---|---|",
@@ -62,7 +64,7 @@ def _allowed(field: Any) -> str:
     if get_origin(annotation) is Literal:
         text = "one of " + ", ".join(f"`{v}`" for v in get_args(annotation))
     elif get_origin(annotation) is tuple:
-        text = "two positive ints (columns, rows), e.g. `3x2`"
+        text = f"two ints from 1 to {MAX_TILES_PER_SIDE} (columns, rows), e.g. `3x2`"
     else:
         text = annotation.__name__
     bounds = [f"{symbol} {getattr(item, attribute)}" for item in metadata

@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 from pydantic import ValidationError
 
 from visionsweep.errors import SettingsError
 from visionsweep.settings.defaults import task_model_defaults
 from visionsweep.settings.schema import Settings, combination_problems, scope_of
 from visionsweep.tasks import Task, parse_task
+from visionsweep.yaml_files import YamlError, YamlRefusedError, parse_yaml, read_yaml_file
 
 # Names of Azure's job YAML (v2) and of its inference settings.json, mapped to the runtime names
 # used throughout visionsweep. Both spellings are accepted everywhere.
@@ -90,14 +90,15 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
 
 
 def load_settings_file(path: str | Path) -> dict[str, Any]:
-    """Read a flat mapping of settings from a YAML or JSON file."""
+    """Read a flat mapping of settings from a YAML or JSON file (JSON is read as the YAML it is), with
+    the limits of ``visionsweep.yaml_files``: size, aliases, duplicate keys."""
     path = Path(path)
     if not path.is_file():
         raise SettingsError([f"settings file {path} does not exist"], context="settings file")
     try:
-        content = yaml.safe_load(path.read_text())  # JSON is a subset of YAML
-    except yaml.YAMLError as error:
-        raise SettingsError([f"{path} is not valid YAML or JSON: {error}"], context="settings file") from None
+        content = read_yaml_file(path)
+    except YamlError as error:
+        raise SettingsError([str(error)], context="settings file") from None
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -107,7 +108,9 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_set_options(options: Iterable[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` strings; values are read as YAML scalars (``0.01``, ``true``, ``[3, 2]``)."""
+    """Parse ``KEY=VALUE`` strings; values are read as YAML (``0.01``, ``true``, ``[3, 2]``) by the same
+    reader as settings files. A value that is not YAML stays the string given; one that the reader
+    refuses (an alias bomb, a duplicate key) is a problem."""
     values: dict[str, Any] = {}
     problems = []
     for option in options:
@@ -117,8 +120,10 @@ def parse_set_options(options: Iterable[str]) -> dict[str, Any]:
             problems.append(f"--set {option!r}: write it as KEY=VALUE, e.g. --set learning_rate=0.01")
             continue
         try:
-            values[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            values[key] = parse_yaml(text, f"--set {key}") if text.strip() else None
+        except YamlRefusedError as error:
+            problems.append(str(error))
+        except YamlError:
             values[key] = text
     if problems:
         raise SettingsError(problems, context="--set option")
@@ -181,6 +186,8 @@ def _describe(error: ValidationError, given: Mapping[str, Any]) -> list[str]:
     for item in error.errors():
         key, *inner = [str(part) for part in item["loc"]] or ["settings"]
         message = item["msg"].removeprefix("Value error, ")
+        if type(item.get("ctx", {}).get("le")) is int:  # a size or count limit: say where its reason is
+            message += " (docs/security.md gives the reason for each size and count limit)"
         if inner:  # an element of a tuple such as tile_grid_size: show the whole value given
             message = f"item {'.'.join(inner)}: {message}"
         lines.append(f"{key}: got {given.get(key, item['input'])!r}; {message}")

@@ -19,6 +19,25 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
+# Upper bounds of the size and count settings; docs/security.md ("Size and count limits of settings")
+# gives the reason for each. All lie far above every reference default and documented example: past
+# them a run cannot fit in memory, forks more processes than any machine has cores, or the value is a
+# typo that would otherwise surface hours later as an out-of-memory kill with no message.
+MAX_IMAGE_SIDE = 4096  # pixels of an input side: 3 x 4096 x 4096 float32 is 192 MiB per image
+MAX_BATCH_SIZE = 1024
+MAX_ACCUMULATION_STEPS = 1024
+MAX_EPOCHS = 10_000  # also bounds every setting counted in epochs or evaluations
+MAX_WORKERS = 64
+MAX_DETECTIONS_PER_IMAGE = 10_000
+MAX_POLYGON_POINTS = 10_000
+MAX_TILES_PER_SIDE = 16  # a grid of c x r tiles costs about 1 + c r model passes per image
+MAX_SEED = 2**32 - 1  # NumPy's seed range: a larger seed would be folded onto a smaller one
+
+ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
+Epochs = Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+EpochsOrZero = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+
 
 class Settings(BaseModel):
     """Resolved settings of one training run. Build it with ``resolve_settings``, not directly."""
@@ -30,24 +49,24 @@ class Settings(BaseModel):
     model_name: str = Field(description="Model architecture; see docs/models.md for the names per task.")
 
     # --- training loop (all tasks) -------------------------------------------------------------
-    number_of_epochs: PositiveInt = Field(description="Training epochs.")
-    training_batch_size: PositiveInt = Field(description="Images per training batch.")
-    validation_batch_size: PositiveInt = Field(description="Images per validation and prediction batch.")
-    grad_accumulation_step: PositiveInt = Field(
+    number_of_epochs: Epochs = Field(description="Training epochs.")
+    training_batch_size: BatchSize = Field(description="Images per training batch.")
+    validation_batch_size: BatchSize = Field(description="Images per validation and prediction batch.")
+    grad_accumulation_step: Annotated[int, Field(gt=0, le=MAX_ACCUMULATION_STEPS)] = Field(
         1, description="Batches whose gradients are summed before one optimizer step.")
     early_stopping: bool = Field(True, description="Stop when the primary metric stops improving.")
-    early_stopping_patience: PositiveInt = Field(
+    early_stopping_patience: Epochs = Field(
         5, description="Evaluations without improvement (after the first early_stopping_delay epochs) before stopping.")
-    early_stopping_delay: NonNegativeInt = Field(
+    early_stopping_delay: EpochsOrZero = Field(
         5, description="Number of first epochs whose evaluations do not count towards patience.")
     learning_rate: float = Field(gt=0.0, le=1.0, description="Initial (peak) learning rate.")
     lr_scheduler: Literal["warmup_cosine", "step"] = Field(
         "warmup_cosine", description="warmup_cosine: linear warmup then cosine, per step; step: StepLR per epoch.")
     step_lr_gamma: UnitFloat = Field(0.5, description="step scheduler: factor applied every step_lr_step_size epochs.")
-    step_lr_step_size: PositiveInt = Field(5, description="step scheduler: epochs between decays.")
+    step_lr_step_size: Epochs = Field(5, description="step scheduler: epochs between decays.")
     warmup_cosine_lr_cycles: UnitFloat = Field(
         0.45, description="warmup_cosine: cosine cycles over the post-warmup steps (0.5 decays to zero).")
-    warmup_cosine_lr_warmup_epochs: NonNegativeInt = Field(2, description="warmup_cosine: epochs of linear warmup.")
+    warmup_cosine_lr_warmup_epochs: EpochsOrZero = Field(2, description="warmup_cosine: epochs of linear warmup.")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer.")
     momentum: UnitFloat = Field(0.9, description="sgd momentum.")
     weight_decay: UnitFloat = Field(1e-4, description="Weight decay (not applied to norm layers and biases).")
@@ -55,9 +74,9 @@ class Settings(BaseModel):
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="adam/adamw first-moment decay.")
     beta2: float = Field(0.999, ge=0.0, lt=1.0, description="adam/adamw second-moment decay.")
     amsgrad: bool = Field(False, description="adam/adamw: use the AMSGrad variant.")
-    evaluation_frequency: PositiveInt = Field(
+    evaluation_frequency: Epochs = Field(
         1, description="Validate every N epochs: epochs 1, 1 + N, 1 + 2N ..., and always the last.")
-    checkpoint_frequency: Optional[PositiveInt] = Field(
+    checkpoint_frequency: Optional[Epochs] = Field(
         None, description="Also keep a checkpoint at epochs 1, 1 + N, 1 + 2N ...; unset keeps only the best epoch's.")
     checkpoint_run_id: Optional[str] = Field(
         None, description="Incremental training: an earlier run folder whose best checkpoint to start from.")
@@ -69,10 +88,11 @@ class Settings(BaseModel):
         description="value: clip each gradient to +/-5; norm: clip the total L2 norm to 1.")
     validation_size: float = Field(
         0.2, gt=0.0, lt=1.0, description="Fraction of the training data held out when no validation data is given.")
-    seed: Optional[NonNegativeInt] = Field(
+    seed: Optional[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         None, description="Random seed; unset draws one, which is recorded in the run's settings.json.")
     deterministic: bool = Field(False, description="Ask PyTorch for deterministic algorithms (slower on GPU).")
-    num_workers: NonNegativeInt = Field(description="Data loader worker processes (capped at the CPU count).")
+    num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = Field(
+        description="Data loader worker processes (capped at the CPU count).")
     ignore_data_errors: bool = Field(
         True, description="Skip bad images and records (each reported); false makes the first one an error.")
     primary_metric: str = Field(description="Metric that picks the best epoch and drives early stopping.")
@@ -101,29 +121,30 @@ class Settings(BaseModel):
     weighted_loss: Literal[0, 1, 2] = Field(0, description="0 none, 1 sqrt(class weights), 2 class weights.")
     imbalance_rate_threshold: NonNegativeInt = Field(
         2, description="weighted_loss applies only when max/min class frequency exceeds this.")
-    valid_resize_size: PositiveInt = Field(256, description="Validation: shorter side resized to this.")
-    valid_crop_size: PositiveInt = Field(224, description="Validation: centre crop fed to the network.")
-    train_crop_size: PositiveInt = Field(224, description="Training: random-resized-crop output size.")
+    valid_resize_size: ImageSide = Field(256, description="Validation: shorter side resized to this.")
+    valid_crop_size: ImageSide = Field(224, description="Validation: centre crop fed to the network.")
+    train_crop_size: ImageSide = Field(224, description="Training: random-resized-crop output size.")
 
     # --- detection and segmentation (R-CNN family) -----------------------------------------------
-    min_size: PositiveInt = Field(600, description="Shorter side of the image fed to the model.")
-    max_size: PositiveInt = Field(1333, description="Longest side cap of the image fed to the model.")
+    min_size: ImageSide = Field(600, description="Shorter side of the image fed to the model.")
+    max_size: ImageSide = Field(1333, description="Longest side cap of the image fed to the model.")
     box_score_thresh: UnitFloat = Field(0.3, description="Detections scoring below this are dropped.")
     nms_iou_thresh: UnitFloat = Field(0.5, description="IoU of non-maximum suppression.")
-    box_detections_per_img: PositiveInt = Field(100, description="Maximum detections per image.")
+    box_detections_per_img: Annotated[int, Field(gt=0, le=MAX_DETECTIONS_PER_IMAGE)] = Field(
+        100, description="Maximum detections per image.")
     validation_metric_type: Literal["none", "coco", "voc", "coco_voc"] = Field(
         "voc", description="Detection metrics computed at validation.")
     validation_iou_threshold: float = Field(
         0.5, ge=0.1, le=1.0, description="IoU at which VOC-style metrics count a match.")
 
     # --- tiling (object detection) ---------------------------------------------------------------
-    tile_grid_size: Optional[tuple[PositiveInt, PositiveInt]] = Field(
+    tile_grid_size: Optional[tuple[int, int]] = Field(
         None, description="Tiles across and down, e.g. 3x2; unset turns tiling off.")
     tile_overlap_ratio: float = Field(0.25, ge=0.0, lt=1.0, description="Overlap of neighbouring tiles.")
     tile_predictions_nms_thresh: UnitFloat = Field(0.25, description="IoU of the NMS that merges tile predictions.")
 
     # --- YOLOv5 ----------------------------------------------------------------------------------
-    img_size: PositiveInt = Field(640, description="Letterboxed image size; a multiple of 32.")
+    img_size: ImageSide = Field(640, description="Letterboxed image size; a multiple of 32.")
     model_size: Literal["small", "medium", "large", "xlarge", "extra_large"] = Field(
         "medium", description="YOLOv5 depth and width.")
     multi_scale: bool = Field(False, description="Vary the training image size by +/-50% in steps of 32.")
@@ -142,7 +163,7 @@ class Settings(BaseModel):
 
     # --- instance segmentation inference ---------------------------------------------------------
     mask_pixel_score_threshold: UnitFloat = Field(0.5, description="Mask pixels above this are foreground.")
-    max_number_of_polygon_points: Annotated[int, Field(ge=3)] = Field(
+    max_number_of_polygon_points: Annotated[int, Field(ge=3, le=MAX_POLYGON_POINTS)] = Field(
         100, description="Most (x, y) points per output polygon.")
     export_as_image: bool = Field(False, description="Also write each predicted mask as an image file.")
     image_type: Literal["jpg", "png", "bmp"] = Field("jpg", description="File type of exported mask images.")
@@ -151,6 +172,23 @@ class Settings(BaseModel):
     @classmethod
     def _parse_tile_grid(cls, value: Any) -> Any:
         return parse_tile_grid_size(value)
+
+    @field_validator("tile_grid_size")
+    @classmethod
+    def _tile_counts_in_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError("each number must be at least 1 (COLUMNSxROWS, e.g. 3x2)")
+        if value is not None and max(value) > MAX_TILES_PER_SIDE:
+            raise ValueError(f"each number must be at most {MAX_TILES_PER_SIDE} (COLUMNSxROWS, e.g. 3x2): a grid "
+                             "of c x r tiles costs about 1 + c r model passes per image")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("use auto, cpu, cuda or cuda:N (N the index of a GPU, e.g. cuda:0)")
+        return value
 
     @field_validator("image_type", mode="before")
     @classmethod

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from visionsweep.errors import SettingsError
 from visionsweep.sweep.policies import PolicySpec, parse_policy
 from visionsweep.sweep.sampling import SamplingSpec, check_sampling, parse_sampling
@@ -34,6 +32,7 @@ from visionsweep.sweep.space import (
     parse_search_space, validate_config,
 )
 from visionsweep.tasks import Task, parse_task
+from visionsweep.yaml_files import YamlError, read_yaml_file
 
 MODES = ("single", "sweep", "automode")
 DEFAULT_TIMEOUT_MINUTES = 7 * 24 * 60  # the reference's default, 7 days
@@ -133,9 +132,9 @@ def load_job(path: str | Path, *, check_data: bool = True) -> Job:
     if not path.is_file():
         raise SettingsError([f"job file {path} does not exist"], context="job file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SettingsError([f"{path} is not valid YAML: {error}"], context="job file") from None
+        raw = read_yaml_file(path)
+    except YamlError as error:
+        raise SettingsError([str(error)], context="job file") from None
     return parse_job(raw, base_dir=path.resolve().parent, source=path.resolve(), check_data=check_data)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from visionsweep.data import report as reasons
 from visionsweep.data.jsonl import write_jsonl
-from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError, VisionSweepError
 from visionsweep.evaluation.classification import scalar_metrics
@@ -44,8 +43,9 @@ from visionsweep.training.checkpoint import (
 from visionsweep.training.classification import classification_pipeline
 from visionsweep.training.detection import detection_pipeline
 from visionsweep.training.segmentation import segmentation_pipeline
-from visionsweep.training.environment import seed_everything, select_device
+from visionsweep.training.environment import seed_everything
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
+from visionsweep.training.preflight import prepare_run
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 from visionsweep.training.schedulers import Schedule
@@ -105,22 +105,20 @@ def train(
     run is refused unless ``overwrite``, which replaces that run's files (``run_folder.RUN_FILES``).
     """
     task = parse_task(task)
-    if not isinstance(settings, Settings):
-        settings = resolve_settings(task, settings)
     if task not in _PIPELINES:
         raise NotImplementedError(f"training for {task} is not implemented yet")
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    settings = settings.model_copy(update={"seed": seed})  # notes travel with the copy
+    if not isinstance(settings, Settings):
+        settings = resolve_settings(task, settings)
     run_dir = Path(output) if output is not None else _default_run_dir(settings)
     check_run_folder(run_dir, overwrite=overwrite)
     with _RunLog() as run_log:
+        # Every setting and the data are checked before the run folder exists: a user's mistake leaves
+        # no half-made run behind, and validate-data runs the very same checks.
+        prepared = prepare_run(task, data, validation_data, settings=settings, label_column=label_column)
+        settings, device, data_ = prepared.settings, prepared.device, prepared.data
         for note in settings.notes:
             log.warning("setting note: %s", note)
-        seed_everything(seed, settings.deterministic)
-        device = select_device(settings.device)
-        data_ = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
-                                   ignore_data_errors=settings.ignore_data_errors, label_column=label_column,
-                                   max_image_pixels=settings.max_image_pixels)
+        seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
         runtime = _RuntimeFailures(data_, settings.ignore_data_errors)

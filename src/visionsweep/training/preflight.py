@@ -1,0 +1,84 @@
+"""Everything a run checks and reads before it builds a model: shared by ``train`` and
+``validate-data``, so that what validate-data accepts is exactly what a run accepts."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from visionsweep.data.loading import TrainingData, load_training_data
+from visionsweep.data.tiling import Tiling
+from visionsweep.errors import CheckpointError, SettingsError
+from visionsweep.models import get_model_spec
+from visionsweep.models.freezing import layers_to_freeze_problem
+from visionsweep.settings import Settings, resolve_settings
+from visionsweep.tasks import Task, parse_task
+from visionsweep.training.checkpoint import incremental_checkpoint_path
+from visionsweep.training.environment import select_device
+
+
+@dataclass
+class PreparedRun:
+    """A run's checked inputs: ``settings`` resolved (the seed drawn when it was unset), the
+    ``device`` to train on and the ``data`` read, checked and split."""
+
+    settings: Settings
+    device: torch.device
+    data: TrainingData
+
+
+def prepare_run(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,
+                settings: Settings | Mapping[str, Any] | None = None, label_column: str = "label",
+                decode_images: bool = False) -> PreparedRun:
+    """Resolve and check every setting, then read, check and split the data.
+
+    Problems the schema cannot see, because they need the model registry, this machine or the
+    file system, are reported together in one ``SettingsError`` before any image is read: a
+    ``model_name`` without a builder, ``layers_to_freeze`` beyond the model's layer groups, a
+    ``device`` that is not here, a ``pretrained_weights`` file that does not exist. A missing
+    incremental-training checkpoint raises ``CheckpointError``. Data problems raise ``DataError``
+    (see ``load_training_data``); with tiling, images too small for the grid are bad records.
+    ``decode_images`` decodes every image in full instead of checking headers (validate-data's default).
+    """
+    task = parse_task(task)
+    if not isinstance(settings, Settings):
+        settings = resolve_settings(task, settings)
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    settings = settings.model_copy(update={"seed": seed})  # notes travel with the copy
+    device = _check_run_settings(settings)
+    loaded = load_training_data(task, data, validation_data, validation_size=settings.validation_size, seed=seed,
+                                ignore_data_errors=settings.ignore_data_errors, label_column=label_column,
+                                max_image_pixels=settings.max_image_pixels, decode_images=decode_images,
+                                tiling=Tiling.from_settings(settings))
+    return PreparedRun(settings, device, loaded)
+
+
+def _check_run_settings(settings: Settings) -> torch.device:
+    """The device to train on, after checking the settings that the schema cannot check."""
+    problems: list[str] = []
+    try:
+        spec = get_model_spec(settings.model_name)
+    except SettingsError as error:
+        problems.extend(error.problems)
+    else:
+        problem = layers_to_freeze_problem(spec.name, spec.layer_groups, settings.layers_to_freeze)
+        if problem is not None:
+            problems.append(problem)
+    if settings.pretrained and settings.pretrained_weights is not None \
+            and not Path(settings.pretrained_weights).is_file():
+        problems.append(f"pretrained_weights: file {settings.pretrained_weights} does not exist")
+    device = None
+    try:
+        device = select_device(settings.device)
+    except SettingsError as error:
+        problems.extend(error.problems)
+    if problems:
+        raise SettingsError(problems)
+    checkpoint = incremental_checkpoint_path(settings.checkpoint_run_id, settings.checkpoint_filename)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CheckpointError(f"the incremental-training checkpoint {checkpoint} does not exist; check "
+                              "checkpoint_run_id and checkpoint_filename")
+    return device
