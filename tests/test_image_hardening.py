@@ -2,8 +2,11 @@
 and prediction reports that add up. Real files throughout, written here with PIL or by hand."""
 from __future__ import annotations
 
+import collections
+import io
 import json
 import logging
+import random
 import struct
 import warnings
 import zlib
@@ -26,8 +29,10 @@ from visionsweep.data.images import (
     load_rgb,
     probe_image,
 )
+from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.records import ImageRecord
 from visionsweep.settings import Settings
+from visionsweep.tasks import Task
 
 PIL_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # PIL's Image.MAX_IMAGE_PIXELS as shipped
 TINY = [arg for key, value in {**TINY_SETTINGS, "number_of_epochs": 1, "training_batch_size": 5}.items()
@@ -347,3 +352,58 @@ def test_other_modes_read_as_rgb(tmp_path):
     Image.new("CMYK", (2, 2), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
     red = _rgb(tmp_path / "cmyk.jpg")[0, 0].astype(int)
     assert red[0] > 240 and red[1] < 15 and red[2] < 15
+
+
+# --- damaged files: every decoder failure is a bad record, never an exception ----------------------------
+
+
+def write_unknown_dds(path: Path) -> Path:
+    """A DDS file (whatever ``path``'s suffix says) whose pixel format PIL does not implement: its decoder
+    raises NotImplementedError, not an OSError."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "DDS")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into("<I", data, 80, 0x4)  # pixel format flags: a FourCC follows
+    data[84:88] = b"ZZZZ"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_image_pil_cannot_decode_is_a_counted_skip(tmp_path):
+    image = write_unknown_dds(tmp_path / "photo.png")
+    with pytest.raises(NotImplementedError):  # what PIL itself raises
+        Image.open(image).load()
+    problem = probe_image(image, decode=True)
+    assert isinstance(problem, ImageProblem) and problem.reason == reasons.UNREADABLE_IMAGE
+    assert "NotImplementedError: Unimplemented pixel format" in problem.detail
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    write_lines([{"image_url": "photo.png", "label": "a"}, {"image_url": "good.png", "label": "b"}],
+                tmp_path / "data.jsonl")
+    data = read_labeled_data(tmp_path / "data.jsonl", Task.CLASSIFICATION, decode_images=True)
+    assert [r.image_path.name for r in data.records] == ["good.png"]
+    assert data.report.kept == 1 and data.report.skipped_by_reason() == {reasons.UNREADABLE_IMAGE: 1}
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM", "TGA", "DDS"])
+def test_damaged_files_of_every_format_are_reported_not_raised(tmp_path, image_format):
+    # Seeded damage: cut short and bytes overwritten, as a failed copy or a hostile file would be.
+    rng = random.Random(image_format)
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format)
+    original = buffer.getvalue()
+    path = tmp_path / f"damaged.{image_format.lower()}"
+    outcomes = collections.Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about corrupt EXIF and the like
+        for attempt in range(60):
+            damaged = bytearray(original if attempt % 2 else original[:rng.randrange(8, len(original))])
+            for _ in range(rng.randrange(1, 12)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            path.write_bytes(bytes(damaged))
+            probed = probe_image(path, decode=True)  # must not raise
+            outcomes["problem" if isinstance(probed, ImageProblem) else "read"] += 1
+            if not isinstance(probed, ImageProblem):
+                assert load_rgb(path).size == probed
+    assert outcomes["problem"] > 0

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from visionsweep.data.images import load_record_rgb
+from visionsweep.data.images import DECODE_ERRORS, load_record_rgb
 from visionsweep.data.records import ImageRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,7 +81,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None, str | None]:
         try:
             image = load_record_rgb(self.records[index])
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except DECODE_ERRORS as error:
             return index, None, None, f"{type(error).__name__}: {error}"
         return index, self.transform(image), self.target(index), None
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import threading
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from visionsweep.data import report as reasons
 from visionsweep.data.records import ImageRecord
@@ -29,6 +31,15 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", 
 # PIL's own default Image.MAX_IMAGE_PIXELS (a quarter GiB of 32-bit pixels), the default of the
 # max_image_pixels setting.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+# What reading a damaged or hostile file can raise, in PIL or here: not an image or cut short (OSError,
+# UnidentifiedImageError, EOFError), malformed fields or chunks (ValueError, SyntaxError, struct.error,
+# zlib.error), a variant PIL's plugin does not decode (NotImplementedError: a DDS pixel format, whatever
+# the file's name says), too many pixels (ImageTooLarge, a ValueError; PIL's DecompressionBombError, not
+# an OSError). Every reader catches exactly these: an image that raises one is a bad record.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, NotImplementedError,
+    Image.DecompressionBombError)
 
 
 class ImageTooLarge(ValueError):
@@ -75,7 +86,7 @@ def probe_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         return ImageProblem(reasons.IMAGE_TOO_LARGE,
                             f"{error}: a file this large may be a decompression bomb. If it is a genuine image, "
                             f"raise {error.limit_name} to at least {error.pixels:,}")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except DECODE_ERRORS as error:
         return ImageProblem(reasons.UNREADABLE_IMAGE,
                             f"cannot be decoded as an image ({type(error).__name__}: {error})")
     if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees

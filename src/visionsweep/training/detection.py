@@ -23,14 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.transforms.functional import pil_to_tensor
 
 from visionsweep.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from visionsweep.data.detection_labels import check_detection_data
-from visionsweep.data.images import load_record_rgb
+from visionsweep.data.images import DECODE_ERRORS, load_record_rgb
 from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import TrainingError
@@ -240,7 +239,7 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         try:
             image = pil_to_tensor(load_record_rgb(record))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except DECODE_ERRORS as error:
             return DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}")
         height, width = image.shape[-2:]
         target = record_target(record, self.class_index, width, height)

@@ -29,11 +29,10 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.functional import pil_to_tensor
 
-from visionsweep.data.images import ImageProblem, load_record_rgb, probe_image
+from visionsweep.data.images import DECODE_ERRORS, ImageProblem, load_record_rgb, probe_image
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
 from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
@@ -54,8 +53,6 @@ from visionsweep.training.yolo import ReportingYoloDataset, YoloBatch, YoloItem,
 log = logging.getLogger("visionsweep")
 
 FailureSink = Callable[[list[tuple[int, str]], str], None]
-# Errors of a file that cannot be decoded (as DetectionDataset).
-_DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 # torchvision's R-CNN transform pads a batch to a multiple of this.
 _SIZE_DIVISIBLE = 32
 
@@ -115,7 +112,7 @@ class TiledTrainingDataset(DetectionDataset):
         index, tile, objects = self.elements[position]
         try:
             image = pil_to_tensor(load_record_rgb(self.records[index]))
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}")
         return _prepare(self, index, image, tile, objects)
 
@@ -134,7 +131,7 @@ class TileGroupDataset(DetectionDataset):
         record = self.records[index]
         try:
             image = pil_to_tensor(load_record_rgb(record))
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return [TiledItem(None, DetectionItem(index, None, None, None, f"{type(error).__name__}: {error}"))]
         height, width = image.shape[-2:]
         choose = all_tiles if self.every_tile else tiles_with_objects
@@ -252,14 +249,14 @@ class TiledYoloTrainingDataset(ReportingYoloDataset):
         index = self.elements[position].index
         try:
             sample = self._element_sample(position)
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return YoloItem(index, None, None, None, None, [(index, _describe(error))])
         rng = self._generator()
         group, failures = [sample], []
         for other in rng.integers(0, len(self.elements), size=self.transform.samples_needed - 1).tolist():
             try:
                 group.append(self._element_sample(other))
-            except _DECODE_ERRORS as error:  # as ReportingYoloDataset: reported, replaced by the sample itself
+            except DECODE_ERRORS as error:  # as ReportingYoloDataset: reported, replaced by the sample itself
                 failures.append((self.elements[other].index, _describe(error)))
                 group.append(sample)
         augmented = self.transform(group, rng)
@@ -286,7 +283,7 @@ class TiledYoloGroupDataset(ReportingYoloDataset):
         record = self.records[index]
         try:
             image = np.asarray(load_record_rgb(record))
-        except _DECODE_ERRORS as error:
+        except DECODE_ERRORS as error:
             return [TiledItem(None, YoloItem(index, None, None, None, None, [(index, _describe(error))]))]
         height, width = image.shape[:2]
         choose = all_tiles if self.every_tile else tiles_with_objects

@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from visionsweep.data.detection_labels import check_detection_data
+from visionsweep.data.images import DECODE_ERRORS
 from visionsweep.data.records import ImageRecord, LabeledData
 from visionsweep.data.report import DataReport
 from visionsweep.data.tiling import Tiling
@@ -52,8 +52,6 @@ from visionsweep.training.loop import TaskOps
 
 FailureSink = Callable[[list[tuple[int, str]], str], None]
 Target = dict[str, Tensor]  # boxes (N, 4) float32 pixels x0, y0, x1, y1; labels (N,) int64; iscrowd (N,) bool
-
-_READ_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 class YoloItem(NamedTuple):
@@ -86,7 +84,7 @@ class ReportingYoloDataset(YoloDataset):
         record = self.records[index]
         try:
             sample = load_sample(record, self.class_index)
-        except _READ_ERRORS as error:
+        except DECODE_ERRORS as error:
             return YoloItem(index, None, None, None, None, [(index, _describe(error))])
         if self.transform is None:
             letterboxed, info = letterbox_for_inference(sample, self.img_size)
@@ -98,7 +96,7 @@ class ReportingYoloDataset(YoloDataset):
         for other in rng.integers(0, len(self.records), size=self.transform.samples_needed - 1).tolist():
             try:
                 group.append(load_sample(self.records[other], self.class_index))
-            except _READ_ERRORS as error:
+            except DECODE_ERRORS as error:
                 failures.append((other, _describe(error)))
                 group.append(sample)
         augmented = self.transform(group, rng)
