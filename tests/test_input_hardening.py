@@ -313,6 +313,21 @@ def test_a_tile_grid_number_under_one_or_over_sixteen_says_so():
     assert resolve_settings(OD, {"tile_grid_size": [16, 1]}).tile_grid_size == (16, 1)
 
 
+def test_0x2_from_the_command_line_or_a_file_is_a_grid_not_hexadecimal_2(tmp_path, capsys):
+    # YAML 1.1 reads 0x2 as the integer 2 (and 010 as 8): the grid's zero would vanish unreported.
+    assert parse_set_options(["tile_grid_size=0x2", "seed=010", "number_of_epochs=1_000", "learning_rate=0.5"]) == {
+        "tile_grid_size": "0x2", "seed": "010", "number_of_epochs": 1000, "learning_rate": 0.5}
+    config = tmp_path / "settings.yml"
+    config.write_text("tile_grid_size: 0x2\nmodel_name: fasterrcnn_resnet18_fpn\n")
+    assert load_settings_file(config)["tile_grid_size"] == "0x2"
+    for options in (["--set", "tile_grid_size=0x2"], ["--config", str(config)]):
+        code = main(["validate-data", "--task", OD, "--data", str(tmp_path / "none.jsonl"), *options])
+        assert code == 2
+        assert "tile_grid_size: got '0x2'; each number must be at least 1 (COLUMNSxROWS, e.g. 3x2)" in \
+            capsys.readouterr().err
+    assert resolve_settings(CLS, {"seed": "010"}).seed == 10
+
+
 def test_images_too_small_for_the_tile_grid_are_bad_records_before_training(tmp_path, capsys):
     # 3x2 tiles with overlap 0.25: a 640 x 480 image gives 256 x 274 pixel tiles, a 64 x 48 one 25.6 x 27.4.
     data = _detection_data(tmp_path, [(640, 480), (640, 480), (640, 480), (64, 48), (640, 480)])

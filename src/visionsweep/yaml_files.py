@@ -14,9 +14,15 @@ that, this reader refuses valid YAML that would be unsafe or ambiguous to use:
 * nesting deeper than the parser's recursion allows;
 * a mapping that gives the same key twice: YAML says keys are unique, PyYAML keeps the last value
   silently, so a second ``learning_rate`` would quietly win over the first.
+
+Integers are decimal only. YAML 1.1, which PyYAML follows, also reads ``0x2`` as hexadecimal 2,
+``010`` as octal 8 and ``1:30`` as sexagesimal 90, so ``tile_grid_size: 0x2`` (a grid with no
+columns, to be refused as such) would silently become the number 2. Such values stay strings here,
+and the settings schema says what is wrong with them.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,8 @@ from visionsweep.errors import VisionSweepError
 MAX_FILE_BYTES = 1 << 20
 MAX_ALIAS_EXPANSION = 10_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
 
 
 class YamlError(VisionSweepError):
@@ -97,6 +105,13 @@ class _Loader(yaml.SafeLoader):
                                         "give each key once")
                 first_line[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML's implicit resolvers without YAML 1.1's hexadecimal, octal, binary and sexagesimal integers.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _INT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT_TAG, _DECIMAL_INT, list("-+0123456789"))
 
 
 class _DuplicateKey(Exception):
