@@ -92,11 +92,14 @@ def _prediction(filename, *boxes):
 
 
 def _score(folder, lines, **options):
+    """Metrics, the labelled data's report and the predictions file's report."""
     data = read_labeled_data(_image_set(folder), Task.OBJECT_DETECTION)
     path = folder / "predictions.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    report = DataReport(source="test")
-    return score_prediction_file(path, data.records, Task.OBJECT_DETECTION, report, **options), report
+    predictions_report = DataReport(source=str(path))
+    metrics = score_prediction_file(path, data.records, Task.OBJECT_DETECTION, data.report, predictions_report,
+                                    **options)
+    return metrics, data.report, predictions_report
 
 
 def test_prediction_line_normalises_by_the_model_frame():
@@ -111,19 +114,20 @@ def test_prediction_line_normalises_by_the_model_frame():
 def test_scoring_perfect_predictions(tmp_path):
     lines = [_prediction("a.png", ("can", (0.1, 0.2, 0.4, 0.9), 0.9), ("carton", (0.5, 0.1, 0.9, 0.5), 0.8)),
              _prediction("b.png", ("can", (0.2, 0.2, 0.6, 0.7), 0.7), ("can", (0.0, 0.0, 0.1, 0.1), 0.6))]
-    metrics, report = _score(tmp_path, lines, metric_type="coco_voc")
+    metrics, report, predictions_report = _score(tmp_path, lines, metric_type="coco_voc")
     assert metrics["mean_average_precision"] == pytest.approx(1.0)
     # The prediction on the crowd box is ignored (neither TP nor FP), and the crowd box counts no object.
     assert metrics["per_label_metrics"]["can"] == pytest.approx(
         {"precision": 1.0, "recall": 1.0, "average_precision": 1.0})
     assert metrics["coco_metrics"]["AP50"] == pytest.approx(1.0)
-    assert not report.skipped
+    assert not report.skipped and not predictions_report.skipped
+    assert report.kept == predictions_report.kept == predictions_report.records_read == 2
 
 
 def test_scoring_misses_wrong_classes_and_unknown_classes(tmp_path):
     lines = [_prediction("a.png", ("carton", (0.1, 0.2, 0.4, 0.9), 0.9), ("carton", (0.5, 0.1, 0.9, 0.5), 0.8)),
              _prediction("b.png", ("can", (0.6, 0.7, 0.9, 0.95), 0.7), ("ghost", (0.2, 0.2, 0.6, 0.7), 0.6))]
-    metrics, _ = _score(tmp_path, lines)
+    metrics, _, _ = _score(tmp_path, lines)
     per_label = metrics["per_label_metrics"]
     # carton: TP at 0.8 after an FP at 0.9 -> AP 0.5 (envelope 0.5 over recall 0..1), precision 1/2
     assert per_label["carton"] == pytest.approx({"precision": 0.5, "recall": 1.0, "average_precision": 0.5})
@@ -137,12 +141,18 @@ def test_scoring_reports_malformed_and_missing_lines(tmp_path):
     lines = [_prediction("a.png", ("can", (0.1, 0.2, 0.4, 0.9), 0.9)),
              {"filename": "b.png", "boxes": [{"box": {"topX": 0.1}, "label": "can", "score": 0.5}]},
              _prediction("c.png")]
-    metrics, report = _score(tmp_path, lines)
-    skipped = {p.reason: p for p in report.skipped}
-    assert sorted(skipped) == ["malformed line", "no label"]
-    assert skipped["malformed line"].image_url == "b.png"
-    assert "box 1 needs numbers for topX, topY, bottomX, bottomY" in skipped["malformed line"].detail
-    assert skipped["no label"].image_url == "c.png"
+    metrics, report, predictions_report = _score(tmp_path, lines)
+    # b.png's line is malformed: a malformed line of the file, and an unusable prediction of the labelled image
+    skipped = {p.location: p for p in predictions_report.skipped}
+    assert {location: (p.reason, p.image_url) for location, p in skipped.items()} == {
+        "predictions.jsonl:2": ("malformed line", "b.png"), "predictions.jsonl:3": ("no label", "c.png")}
+    assert "box 1 needs numbers for topX, topY, bottomX, bottomY" in skipped["predictions.jsonl:2"].detail
+    (unusable,) = report.skipped
+    assert (unusable.location, unusable.reason, unusable.image_url) == ("labels.jsonl:2", "unusable prediction",
+                                                                        "b.png")
+    assert "line predictions.jsonl:2: box 1 needs numbers" in unusable.detail
+    assert (report.records_read, report.kept) == (2, 1)
+    assert (predictions_report.records_read, predictions_report.kept) == (3, 1)
     # only a.png is scored: can found, carton missed
     assert metrics["per_label_metrics"]["can"]["average_precision"] == pytest.approx(1.0)
     assert metrics["per_label_metrics"]["carton"]["average_precision"] == 0.0

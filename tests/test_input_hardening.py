@@ -111,11 +111,12 @@ def test_a_predictions_file_line_that_is_not_utf8_is_reported_too(tmp_path):
                for i, n in enumerate("ab", start=1)]
     predictions = tmp_path / "p.jsonl"
     predictions.write_bytes(b'{"filename": "a.png", "probs": [1.0]}\n{"filename": "b\xff.png"}\n')
-    report = DataReport(source="d.jsonl")
-    pairs = match_prediction_lines(predictions, records, report)
-    assert [record.image_url for record, _ in pairs] == ["a.png"]
-    reasons = {p.location: (p.reason, p.detail) for p in report.skipped}
-    assert reasons["p.jsonl:2"][0] == "malformed line" and "not UTF-8" in reasons["p.jsonl:2"][1]
+    report, predictions_report = DataReport(source="d.jsonl", kept=2), DataReport(source=str(predictions))
+    pairs = match_prediction_lines(predictions, records, report, predictions_report)
+    assert [pair.record.image_url for pair in pairs] == ["a.png"]
+    (problem,) = predictions_report.skipped
+    assert (problem.location, problem.reason) == ("p.jsonl:2", "malformed line") and "not UTF-8" in problem.detail
+    assert (predictions_report.records_read, predictions_report.kept) == (2, 1)
 
 
 # --- 8. YAML: alias bombs, duplicate keys, size -------------------------------------------------------

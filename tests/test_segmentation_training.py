@@ -223,7 +223,7 @@ def _score(folder, lines):
     path = folder / "predictions.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     report = DataReport(source="test")
-    return score_prediction_file(path, records, TASK, report), report
+    return score_prediction_file(path, records, TASK, report, DataReport(source=str(path))), report
 
 
 def test_scoring_a_file_matches_polygons_on_mask_iou(tmp_path):

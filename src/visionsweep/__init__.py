@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 # Loaded on first use: torch, timm and scikit-learn take seconds to import, and `visionsweep models`
 # or a settings check should not pay for them.
 _LAZY = {
-    "PredictionResult": "visionsweep.api", "convert": "visionsweep.api", "evaluate": "visionsweep.api",
-    "predict": "visionsweep.api", "validate_data": "visionsweep.api",
+    "EvaluationResult": "visionsweep.api", "PredictionResult": "visionsweep.api", "convert": "visionsweep.api",
+    "evaluate": "visionsweep.api", "predict": "visionsweep.api", "validate_data": "visionsweep.api",
     "create_model": "visionsweep.models", "list_models": "visionsweep.models",
     "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",
     "TrainResult": "visionsweep.training", "train": "visionsweep.training",

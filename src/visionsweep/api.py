@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from visionsweep.data import convert as _convert
 from visionsweep.data.importers import ImportResult
@@ -18,13 +18,14 @@ from visionsweep.inference import detection as detection_inference
 from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.model_folder import load_trained_model
+from visionsweep.inference.prediction_files import scoring_summary
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task, parse_task
 from visionsweep.training.preflight import prepare_run
 from visionsweep.utils import json_ready
 
 # task -> module with predict_lines(trained, records, report), evaluate_model(trained, records, report)
-#         and score_prediction_file(predictions, records, task, report)
+#         and score_prediction_file(predictions, records, task, report, predictions_report)
 _INFERENCE: dict[Task, ModuleType] = {
     Task.CLASSIFICATION: classification_inference,
     Task.MULTILABEL: classification_inference,
@@ -67,12 +68,32 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     return PredictionResult(output=output, images=count, report=report)
 
 
+@dataclass
+class EvaluationResult:
+    """The metrics and what happened to every record. It unpacks as ``metrics, report``."""
+
+    metrics: dict[str, Any]
+    # The labelled data: one record per labelled image, kept when it was scored.
+    report: DataReport
+    # Scoring a predictions file: one record per line of it, kept when its image was scored (as many as
+    # ``report`` keeps). None when a model was evaluated.
+    predictions_report: DataReport | None = None
+
+    @property
+    def reports(self) -> list[DataReport]:
+        return [self.report] if self.predictions_report is None else [self.report, self.predictions_report]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.metrics, self.report))
+
+
 def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | str | None = None,
-             predictions: str | Path | None = None, settings: Mapping[str, Any] | None = None,
-             ) -> tuple[dict[str, Any], DataReport]:
+             predictions: str | Path | None = None, settings: Mapping[str, Any] | None = None) -> EvaluationResult:
     """Metrics on labelled ``data``: of a trained ``model``, or of a ``predictions`` file with no model.
 
-    Returns the metrics and the report of the records that could not be scored (and why).
+    Returns the metrics with the report of the labelled data (records that could not be scored, and why)
+    and, for a predictions file, the report of its lines (``inference.prediction_files``). With
+    ``ignore_data_errors`` false any record skipped in either report is an error.
     """
     if (model is None) == (predictions is None):
         raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
@@ -83,16 +104,24 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
         metrics = _inference(trained.task, trained.model_name).evaluate_model(trained, labelled.records,
                                                                               labelled.report)
         labelled.report.images_checked = "decoded"  # the model read every kept image; those that failed are skipped
-        return metrics, labelled.report
+        return EvaluationResult(metrics, labelled.report)
     if task is None:
         raise SettingsError(["evaluate: scoring a predictions file needs the task (--task)"])
     task = parse_task(task)
     resolved = resolve_settings(task, settings)
-    labelled = read_labeled_data(data, task, max_image_pixels=resolved.max_image_pixels)
+    labelled = read_labeled_data(data, task, ignore_data_errors=resolved.ignore_data_errors,
+                                 max_image_pixels=resolved.max_image_pixels)
+    predictions_report = DataReport(source=str(predictions))
     options = {} if task.is_classification else {  # how detections are matched and scored
         "metric_type": resolved.validation_metric_type, "iou_threshold": resolved.validation_iou_threshold}
-    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report, **options)
-    return metrics, labelled.report
+    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report,
+                                                     predictions_report, **options)
+    if not resolved.ignore_data_errors and (labelled.report.skipped or predictions_report.skipped):
+        skipped = len(labelled.report.skipped) + len(predictions_report.skipped)
+        raise DataError(f"{skipped} record(s) could not be scored and ignore_data_errors is false:\n"
+                        f"{scoring_summary(labelled.report, predictions_report)}\n"
+                        "Fix them, or set ignore_data_errors=true to score the rest.")
+    return EvaluationResult(metrics, labelled.report, predictions_report)
 
 
 def validate_data(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,

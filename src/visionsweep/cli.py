@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="labelled data: a JSONL file or an MLTable folder")
     evaluate.add_argument("--predictions", help="a predictions file in the scoring format, scored without a model")
     evaluate.add_argument("--task", help=f"the task of --predictions, one of: {tasks}")
-    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--output", help="also write the metrics and the data reports to this JSON file")
     _settings_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -165,12 +165,16 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from visionsweep import api
 
-    metrics, report = api.evaluate(args.model, data=args.data, task=args.task, predictions=args.predictions,
-                                   settings=_settings(args))
-    log.info("%s", report.summary())
+    result = api.evaluate(args.model, data=args.data, task=args.task, predictions=args.predictions,
+                          settings=_settings(args))
+    for report in result.reports:
+        log.info("%s", report.summary())
     if args.output:
-        write_json(Path(args.output), {"metrics": metrics, "data_report": report.to_dict()})
-    print(json.dumps(json_ready(metrics), indent=2))
+        written = {"metrics": result.metrics, "data_report": result.report.to_dict()}
+        if result.predictions_report is not None:
+            written["predictions_report"] = result.predictions_report.to_dict()
+        write_json(Path(args.output), written)
+    print(json.dumps(json_ready(result.metrics), indent=2))
     return 0
 
 

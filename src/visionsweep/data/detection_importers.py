@@ -12,6 +12,9 @@ Pixel coordinates (VOC, COCO) are divided by the image size that the annotation 
 the frame the boxes were drawn in, and normalised coordinates stay right when images were resized
 later. An image whose real shape does not match that frame (a different aspect ratio, e.g. an EXIF
 rotation the annotator did not see) is skipped, because its boxes would land in the wrong place.
+
+Every image's header is read (``probe_listed_images``); one of more than ``max_image_pixels`` pixels
+(the default of the setting of that name) is skipped as ``image too large``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from pycocotools import mask as mask_utils
 
 from visionsweep.data import report as reasons
 from visionsweep.data.detection_labels import box_problem, polygon_box
-from visionsweep.data.images import ImageProblem, is_image_file, probe_image
+from visionsweep.data.image_checks import probe_listed_images
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, is_image_file, probe_image
 from visionsweep.data.importers import ImportResult, register_importer
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.report import DataReport
@@ -55,6 +59,7 @@ def import_voc(
     images: str | Path | None = None,
     image_set: str | None = None,
     difficult_as_crowd: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ImportResult:
     """Pascal VOC: one XML file per image with ``<size>`` and ``<object><name><bndbox>`` elements.
 
@@ -103,7 +108,7 @@ def import_voc(
                 report.records_read += 1
                 report.skip(orphan.name, NO_ANNOTATION, f"no {orphan.stem}.xml in {xml_folder}; if the image has "
                             "no objects, add an XML file without <object> elements")
-    records = _finish(pending, report, _voc_objects)
+    records = _finish(pending, report, _voc_objects, max_image_pixels)
     return ImportResult(records, Task.OBJECT_DETECTION, report)
 
 
@@ -113,6 +118,7 @@ def import_yolo(
     *,
     names: str | Path | Sequence[str] | None = None,
     task: Task | str = Task.OBJECT_DETECTION,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ImportResult:
     """YOLO (darknet) txt: one ``class cx cy w h`` line per object, normalised, one file per image.
 
@@ -158,7 +164,8 @@ def import_yolo(
             report.records_read += 1
             report.skip(str(label_path.relative_to(source)), reasons.NO_ANNOTATION_FILE,
                         f"no image named {label_path.stem}.* was found for this label file")
-    records = _finish(pending, report, partial(_yolo_objects, class_names=class_names, task=task))
+    records = _finish(pending, report, partial(_yolo_objects, class_names=class_names, task=task),
+                      max_image_pixels)
     return ImportResult(records, task, report)
 
 
@@ -168,6 +175,7 @@ def import_coco(
     *,
     images: str | Path | None = None,
     task: Task | str = Task.OBJECT_DETECTION,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ImportResult:
     """COCO JSON (``images``, ``annotations``, ``categories``): boxes as pixel [x, y, width, height].
 
@@ -213,7 +221,8 @@ def import_coco(
             report.drop_annotation(location, OBJECT_DROPPED, f"image_id {image_id!r} is not in 'images'")
             continue
         by_id[image_id].lines.append(annotation)
-    records = _finish(pending, report, partial(_coco_objects, categories=categories, task=task))
+    records = _finish(pending, report, partial(_coco_objects, categories=categories, task=task),
+                      max_image_pixels)
     return ImportResult(records, task, report)
 
 
@@ -273,18 +282,10 @@ class _Pending:
 _ObjectParser = Callable[[_Pending, tuple[int, int], DataReport], "list[ObjectAnnotation] | None"]
 
 
-def _finish(pending: list[_Pending], report: DataReport, parse: _ObjectParser) -> list[ImageRecord]:
+def _finish(pending: list[_Pending], report: DataReport, parse: _ObjectParser, max_pixels: int) -> list[ImageRecord]:
     """Probe every image, check its size against the declared one, parse its objects, build records."""
-    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O bound
-        probes = list(pool.map(lambda p: probe_image(p.image_path) if p.image_path.is_file() else None, pending))
     records = []
-    for item, probe in zip(pending, probes):
-        if probe is None:
-            report.skip(item.location, reasons.MISSING_FILE, f"{item.image_path} does not exist", item.image_url)
-            continue
-        if isinstance(probe, ImageProblem):
-            report.skip(item.location, probe.reason, f"{item.image_path} {probe.detail}", item.image_url)
-            continue
+    for item, probe in probe_listed_images(pending, report, max_pixels=max_pixels):
         size = item.declared or probe
         if item.declared and not _same_shape(item.declared, probe):
             report.skip(item.location, SIZE_MISMATCH,

@@ -1,22 +1,26 @@
 """Importers that turn other annotation layouts into records (written out as Azure JSONL).
 
 Each importer takes a source path and returns ``ImportResult``: the records, the task they fit,
-and a report of everything that was left out and why.
+and a report of everything that was left out and why. Every importer checks the header of each image
+it keeps and takes the option ``max_image_pixels``: images with more pixels are skipped as
+``image too large`` (the default and the bounds are those of the setting of that name).
 """
 from __future__ import annotations
 
 import csv
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from visionsweep.data import report as reasons
-from visionsweep.data.images import is_image_file
-from visionsweep.data.jsonl import write_jsonl
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, is_image_file
+from visionsweep.data.jsonl import check_images, write_jsonl
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
-from visionsweep.errors import DataError
+from visionsweep.errors import DataError, SettingsError
+from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
 
 
@@ -42,19 +46,41 @@ def importer_names() -> list[str]:
     return sorted(_IMPORTERS)
 
 
-def convert(source_format: str, source: str | Path, output: str | Path, **options) -> ImportResult:
-    """Import ``source`` in ``source_format`` and write it to ``output`` as Azure JSONL."""
+def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:
+    """Import ``source`` in ``source_format`` and write it to ``output`` as Azure JSONL.
+
+    ``options`` go to the importer; a name it does not take, or a ``max_image_pixels`` outside the
+    setting's bounds, is a ``SettingsError`` before anything is read.
+    """
     if source_format not in _IMPORTERS:
         raise DataError(f"unknown source format {source_format!r}; available: {', '.join(importer_names())}")
-    result = _IMPORTERS[source_format](Path(source), **options)
+    importer = _IMPORTERS[source_format]
+    result = importer(Path(source), **_checked_options(source_format, importer, options))
     if not result.records:
         raise DataError(f"nothing to import from {source}.\n{result.report.summary()}")
     write_jsonl(result.records, output, result.task)
     return result
 
 
+def _checked_options(source_format: str, importer: Importer, options: dict[str, Any]) -> dict[str, Any]:
+    accepted = [name for name in inspect.signature(importer).parameters][1:]  # after the source path
+    problems = [f"{name}: not an option of the {source_format} importer; its options are {', '.join(accepted)}"
+                for name in options if name not in accepted]
+    checked = dict(options)
+    if "max_image_pixels" in options:
+        # The setting's own check (the same for every task): its bounds and messages as in train and predict.
+        try:
+            checked["max_image_pixels"] = resolve_settings(
+                Task.CLASSIFICATION, {"max_image_pixels": options["max_image_pixels"]}).max_image_pixels
+        except SettingsError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise SettingsError(problems, context="importer option")
+    return checked
+
+
 @register_importer("folder")
-def import_class_folders(root: Path) -> ImportResult:
+def import_class_folders(root: Path, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImportResult:
     """A tree with one sub-folder per class (``root/cat/1.jpg``): multi-class classification."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; expected one sub-folder per class")
@@ -74,14 +100,16 @@ def import_class_folders(root: Path) -> ImportResult:
                 report.skip(location, reasons.UNREADABLE_IMAGE, "not an image file (by its extension)")
                 continue
             records.append(ImageRecord(image_path=path, image_url=location, labels=(item.name,), location=location))
-    report.kept = len(records)
     if not records:
         raise DataError(f"no images found in class folders under {root}; expected e.g. {root}/cat/1.jpg")
+    records = check_images(records, report, max_pixels=max_image_pixels)
+    report.kept = len(records)
     return ImportResult(records, Task.CLASSIFICATION, report)
 
 
 @register_importer("csv")
-def import_csv(path: Path, *, multilabel: bool = False, image_root: str | Path | None = None) -> ImportResult:
+def import_csv(path: Path, *, multilabel: bool = False, image_root: str | Path | None = None,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImportResult:
     """A CSV of ``image_path,label`` rows (an optional header whose second column is label or labels).
 
     Image paths are relative to ``image_root``, or to the CSV's folder. With ``multilabel`` the label
@@ -113,5 +141,6 @@ def import_csv(path: Path, *, multilabel: bool = False, image_root: str | Path |
                 continue
             image_path = Path(image) if Path(image).is_absolute() else root / image
             records.append(ImageRecord(image_path=image_path, image_url=image, labels=labels, location=location))
+    records = check_images(records, report, max_pixels=max_image_pixels)
     report.kept = len(records)
     return ImportResult(records, Task.MULTILABEL if multilabel else Task.CLASSIFICATION, report)

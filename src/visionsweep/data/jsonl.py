@@ -9,13 +9,13 @@ import codecs
 import json
 import os
 from dataclasses import replace
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
 from visionsweep.data import report as reasons
-from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, probe_image
+from visionsweep.data.image_checks import probe_listed_images
+from visionsweep.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from visionsweep.data.labels import BadLabel, LabelParser, label_parser
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
@@ -225,29 +225,15 @@ def check_images(records: list[ImageRecord], report: DataReport, *, max_pixels: 
     ``decode`` decodes every image in full, which finds every image that training would fail to read;
     without it only headers and file structure are read (``probe_image``). The report says which.
     """
-    def probe(path: Path) -> tuple[int, int] | ImageProblem | None:
-        return probe_image(path, max_pixels=max_pixels, decode=decode) if path.is_file() else None
-
-    # Header reads are I/O bound; full decodes hold up to a whole image each, so fewer run at once.
-    with ThreadPoolExecutor(max_workers=4 if decode else 8) as pool:
-        probes = list(pool.map(probe, (r.image_path for r in records)))
-    report.images_checked = "decoded" if decode else "headers"
     kept = []
     first_seen: dict[Path, str] = {}
-    for record, probed in zip(records, probes):
-        if probed is None:
-            report.skip(record.location, reasons.MISSING_FILE, f"{record.image_path} does not exist", record.image_url)
-            continue
-        if isinstance(probed, ImageProblem):
-            report.skip(record.location, probed.reason, f"{record.image_path} {probed.detail}", record.image_url)
-            continue
+    for record, (width, height) in probe_listed_images(records, report, max_pixels=max_pixels, decode=decode):
         key = record.image_path.resolve()
         if key in first_seen:
             report.skip(record.location, reasons.DUPLICATE,
                         f"the same image is already listed at {first_seen[key]}", record.image_url)
             continue
         first_seen[key] = record.location
-        width, height = probed
         kept.append(replace(record, width=width, height=height))
     return kept
 

@@ -6,6 +6,8 @@ is the model's full class list in index order (not the predicted classes).
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -20,7 +22,13 @@ from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
-from visionsweep.inference.prediction_files import match_prediction_lines
+from visionsweep.inference.prediction_files import (
+    MatchedLine,
+    keep_scored,
+    match_prediction_lines,
+    reject_line,
+    scoring_summary,
+)
 from visionsweep.tasks import Task
 from visionsweep.training.classification import ClassificationOps
 from visionsweep.training.environment import make_loader
@@ -76,29 +84,48 @@ def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report
     return classification_metrics(probabilities, targets, trained.labels, trained.task.is_multilabel)
 
 
-def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task,
-                          report: DataReport) -> dict[str, Any]:
-    """Metrics of a predictions file (the scoring format) against labelled records, with no model."""
-    pairs = match_prediction_lines(predictions, records, report)
-    labels = pairs[0][1].get("labels")
-    if not isinstance(labels, list) or not labels:
-        raise DataError(f"{predictions}: the first matched line has no 'labels' list")
-    rows, scored = [], []
-    for record, line in pairs:
-        probs = line.get("probs")
-        if line.get("labels") != labels:
-            raise DataError(f"{predictions}: the labels list of {record.image_url} differs from the first line's")
-        if not isinstance(probs, list) or len(probs) != len(labels):
-            report.skip_kept(record.location, reasons.MALFORMED_LINE,
-                             f"'probs' must hold {len(labels)} numbers", record.image_url)
-            continue
-        rows.append(probs)
-        scored.append(record)
-    known = {id(r) for r in known_class_records(scored, labels, report)}
-    probabilities = np.array([row for row, r in zip(rows, scored) if id(r) in known], dtype=np.float64)
-    kept = [r for r in scored if id(r) in known]
-    if not kept:
-        raise DataError(f"no prediction of {predictions} can be scored.\n{report.summary()}")
-    dataset = ClassificationDataset(kept, labels, transform=None, multilabel=task.is_multilabel)
-    targets = np.stack([dataset.target(i).numpy() for i in range(len(kept))])
+def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task, report: DataReport,
+                          predictions_report: DataReport) -> dict[str, Any]:
+    """Metrics of a predictions file (the scoring format) against labelled records, with no model.
+
+    ``report`` is the labelled data's and ``predictions_report`` the file's; both add up
+    (``prediction_files``). The class list is the ``labels`` list most lines give; a line with another,
+    or whose ``probs`` are not one number per class, is malformed. A labelled image with a class not in
+    that list is skipped (``bad label``), as a model would be scored unfairly on a class it cannot name.
+    """
+    matched = match_prediction_lines(predictions, records, report, predictions_report)
+    labels = _common_labels(matched)
+    if labels is None:
+        raise DataError(f"{predictions}: no line that matches a labelled image has a 'labels' list of class "
+                        "names (the model's full class list, in the order of 'probs')")
+    usable = []
+    for pair in matched:
+        probs = pair.line.get("probs")
+        if pair.line.get("labels") != labels:
+            reject_line(pair, f"its 'labels' list differs from the one most lines give ({', '.join(labels)})",
+                        report, predictions_report)
+        elif not (isinstance(probs, list) and len(probs) == len(labels) and all(map(_is_finite_number, probs))):
+            reject_line(pair, f"'probs' must hold {len(labels)} finite numbers, one per label",
+                        report, predictions_report)
+        else:
+            usable.append(pair)
+    known = known_class_records([pair.record for pair in usable], labels, report,
+                                whose="the classes of the predictions' 'labels'")
+    usable = keep_scored(usable, known, report, predictions_report)
+    if not usable:
+        raise DataError(f"no prediction of {predictions} can be scored.\n{scoring_summary(report, predictions_report)}")
+    probabilities = np.array([pair.line["probs"] for pair in usable], dtype=np.float64)
+    dataset = ClassificationDataset(known, labels, transform=None, multilabel=task.is_multilabel)
+    targets = np.stack([dataset.target(i).numpy() for i in range(len(known))])
     return classification_metrics(probabilities, targets, labels, task.is_multilabel)
+
+
+def _common_labels(matched: Sequence[MatchedLine]) -> list[str] | None:
+    """The ``labels`` list most lines give (the first of equals), ignoring lists that are not class names."""
+    counts = Counter(tuple(labels) for labels in (pair.line.get("labels") for pair in matched)
+                     if isinstance(labels, list) and labels and all(isinstance(name, str) for name in labels))
+    return list(counts.most_common(1)[0][0]) if counts else None
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -36,7 +36,7 @@ from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detec
 from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.masks import export_mask_images, mask_polygons, pixel_segments, polygons_to_rles
 from visionsweep.inference.model_folder import TrainedModel
-from visionsweep.inference.prediction_files import match_prediction_lines
+from visionsweep.inference.prediction_files import match_prediction_lines, reject_line, scoring_summary
 from visionsweep.models.detection import label_offset
 from visionsweep.tasks import Task
 from visionsweep.training.detection import DetectionDataset, DetectionOps, Target, collate_detection
@@ -163,29 +163,29 @@ def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report
 
 
 def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord], task: Task, report: DataReport,
-                          *, metric_type: str = "voc", iou_threshold: float = 0.5) -> dict[str, Any]:
+                          predictions_report: DataReport, *, metric_type: str = "voc",
+                          iou_threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of a predictions file (the scoring format) against labelled records, with no model.
 
-    Lines pair with records by filename (``match_prediction_lines``). Normalised boxes on both sides are
-    scaled by the image's own size. The classes are the union of the labelled and the predicted ones, so
-    a class only the predictions name has an undefined AP (-1) and does not enter the mean. A line whose
-    ``boxes`` are malformed leaves its image out (reported).
+    Lines pair with records by filename (``match_prediction_lines``); ``report`` is the labelled data's
+    and ``predictions_report`` the file's, and both add up. Normalised boxes on both sides are scaled by
+    the image's own size. The classes are the union of the labelled and the predicted ones, so a class
+    only the predictions name has an undefined AP (-1) and does not enter the mean. A line whose
+    ``boxes`` are malformed is left out with its image (reported in both reports).
 
     For instance segmentation every box needs a ``polygon``; predicted and labelled polygons are
     rasterised at the image's own size (segments XOR-combined, one object at a time) and matched on
     mask IoU.
     """
     segmentation = task is Task.INSTANCE_SEGMENTATION
-    pairs = match_prediction_lines(predictions, records, report)
     parsed: list[tuple[ImageRecord, tuple[np.ndarray, list[str], np.ndarray], list[list[list[float]]]]] = []
-    for record, line in pairs:
+    for pair in match_prediction_lines(predictions, records, report, predictions_report):
         try:
-            parsed.append((record, _read_boxes(line), _read_polygons(line) if segmentation else []))
+            parsed.append((pair.record, _read_boxes(pair.line), _read_polygons(pair.line) if segmentation else []))
         except ValueError as error:
-            report.skip_kept(record.location, reasons.MALFORMED_LINE, f"{predictions}: {error}",
-                             record.image_url)
+            reject_line(pair, str(error), report, predictions_report)
     if not parsed:
-        raise DataError(f"no prediction of {predictions} can be scored.\n{report.summary()}")
+        raise DataError(f"no prediction of {predictions} can be scored.\n{scoring_summary(report, predictions_report)}")
     classes = sorted({name for record, *_ in parsed for name in record.class_names()}
                      | {name for _, (_, names, _), _ in parsed for name in names})
     index = {name: i for i, name in enumerate(classes)}

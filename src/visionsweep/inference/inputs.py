@@ -51,17 +51,18 @@ def _folder_inputs(folder: Path, report: DataReport) -> list[ImageRecord]:
     return records
 
 
-def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str],
-                        report: DataReport) -> list[ImageRecord]:
+def known_class_records(records: Sequence[ImageRecord], labels: Sequence[str], report: DataReport, *,
+                        whose: str = "the model's classes") -> list[ImageRecord]:
     """Records whose classes (labels or objects) the model knows; the others are reported, since a class
-    the model cannot name would count against it unfairly. ``report`` counted them as kept."""
+    the model cannot name would count against it unfairly. ``report`` counted them as kept; ``whose``
+    names ``labels`` in the report."""
     known = set(labels)
     kept = []
     for record in records:
         unknown = sorted(set(record.class_names()) - known)
         if unknown:
             report.skip_kept(record.location, reasons.BAD_LABEL,
-                             f"class {', '.join(unknown)} is not one of the model's classes ({', '.join(labels)})",
+                             f"class {', '.join(unknown)} is not one of {whose} ({', '.join(labels)})",
                              record.image_url)
         else:
             kept.append(record)
