@@ -63,7 +63,7 @@ def test_every_example_is_listed_and_expected():
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_example_loads_plans_and_every_trial_validates(path):
     task, mode, models = EXPECTED[path.stem]
-    job = load_job(path, check_data=False)
+    job = load_job(path, check_files=False)
     assert (job.task, job.mode) == (task, mode)
     hardware_choices = (CPU, BIG_GPU) if mode == "automode" else (CPU,)
     for hardware in hardware_choices:
@@ -81,7 +81,7 @@ def test_example_loads_plans_and_every_trial_validates(path):
 @pytest.mark.parametrize("path", AZURE_FILES, ids=lambda p: p.stem)
 def test_azure_examples_keep_azures_limits_sampling_and_policy(path):
     raw = yaml.safe_load(path.read_text())
-    job = load_job(path, check_data=False)
+    job = load_job(path, check_files=False)
     assert (job.limits.max_trials, job.limits.max_concurrent_trials) == (10, 2)
     assert raw["log_verbosity"] == "debug" and raw["target_column_name"] == "label"
     assert raw["compute"] == "azureml:gpu-cluster"

@@ -300,7 +300,7 @@ def test_fingerprint_ignores_data_paths_and_worker_limits(tmp_path):
 
 def test_parse_job_can_skip_the_data_check():
     job = parse_job({"type": "automl", "task": "image_classification", "training_data": {"path": "nowhere"}},
-                    base_dir="/data", check_data=False)
+                    base_dir="/data", check_files=False)
     assert job.training_data.path == Path("/data/nowhere").resolve()
 
 
@@ -357,3 +357,119 @@ def test_automode_plan_from_a_job_and_its_stored_form(tmp_path):
 def test_hardware_detection_reports_this_machine():
     hardware = Hardware.detect()
     assert hardware.cpus >= 1 and (hardware.gpus == 0) == (hardware.tier == "cpu")
+
+
+# --- the checks of a single run, for every value a trial can draw -------------------------------------------
+
+_RESNET_GROUPS = "5 layer groups (conv1+bn1, layer1, layer2, layer3, layer4), so use 0 to 5"
+
+
+def _sweep(space, training_parameters=None, **extra):
+    return {"type": "automl", "task": "image_classification", "training_data": {"path": "train.jsonl"},
+            "limits": {"max_trials": 4}, "sweep": {"sampling_algorithm": "random"},
+            "training_parameters": training_parameters or {}, "search_space": space, **extra}
+
+
+def _job_problems(raw, **options):
+    with pytest.raises(SettingsError) as raised:
+        parse_job(raw, check_files=options.pop("check_files", False), **options)
+    return raised.value.problems
+
+
+def test_layers_to_freeze_is_checked_for_every_model_and_every_value_a_trial_can_draw():
+    raw = _sweep([
+        {"model_name": "choice('resnet18', 'mobilenetv2')", "layers_to_freeze": "choice(0, 6)"},
+        {"model_name": "resnet50", "layers_to_freeze": "quniform(0, 7, 1)"},
+        {"model_name": "choice('resnet18', 'mobilenetv2')"},  # layers_to_freeze 8 of training_parameters
+        {"model_name": "mobilenetv2", "layers_to_freeze": "randint(20)"},  # 0 to 19 of its 19 groups: fine
+    ], {"layers_to_freeze": 8})
+    assert _job_problems(raw) == [
+        "search_space[0] with model_name resnet18: layers_to_freeze=6 (from choice(0, 6)) is rejected: "
+        f"layers_to_freeze: got 6; resnet18 has {_RESNET_GROUPS}",
+        "search_space[1]: layers_to_freeze=7 (from quniform(0, 7, 1)) is rejected: "
+        f"layers_to_freeze: got 7; resnet50 has {_RESNET_GROUPS}",
+        f"search_space[2] with model_name resnet18: layers_to_freeze: got 8; resnet18 has {_RESNET_GROUPS}",
+    ]
+    # Fixed in training_parameters with the model: a problem of training_parameters.
+    single = {"type": "automl", "task": "image_classification", "training_data": {"path": "train.jsonl"},
+              "training_parameters": {"model_name": "resnet18", "layers_to_freeze": 6}}
+    assert _job_problems(single) == [f"training_parameters.layers_to_freeze: got 6; resnet18 has {_RESNET_GROUPS}"]
+
+
+def test_a_normal_distribution_that_reaches_past_the_layer_groups_only_in_its_tail_is_a_note():
+    job = parse_job(_sweep([{"model_name": "resnet18", "layers_to_freeze": "normal(3, 1)"}]), check_files=False)
+    assert ("search_space[0]: layers_to_freeze=6 (from normal(3, 1)) is rejected: layers_to_freeze: got 6; resnet18 "
+            f"has {_RESNET_GROUPS}; such trials will be recorded failed") in job.notes
+
+
+def test_automode_checks_layers_to_freeze_against_a_pinned_model_and_leaves_its_own_models_to_the_plan():
+    automode = {"type": "automl", "task": "image_classification", "training_data": {"path": "train.jsonl"},
+                "limits": {"max_trials": 4}, "training_parameters": {"layers_to_freeze": 6}}
+    assert parse_job(automode, check_files=False).mode == "automode"  # the runner checks the models it picks
+    pinned = {**automode, "training_parameters": {"layers_to_freeze": 6, "model_name": "resnet18"}}
+    assert _job_problems(pinned) == [f"training_parameters.layers_to_freeze: got 6; resnet18 has {_RESNET_GROUPS}"]
+
+
+def test_device_is_checked_as_the_runner_gives_it_to_the_trials():
+    raw = _sweep([{"model_name": "resnet18", "device": "choice('cpu', 'cuda', 'cuda:1')"}])
+    assert parse_job(raw, check_files=False).mode == "sweep"  # devices not known: left to the runner
+    # --devices cpu (or no GPU found): the trials see no GPU.
+    cpu = "in this sweep the trials run on the CPU and see no GPU (--devices cpu was given, or no GPU was found); " \
+          "to train on GPUs, give them with --devices"
+    assert _job_problems(raw, devices=[]) == [
+        "search_space[0]: device='cuda' (from choice('cpu', 'cuda', 'cuda:1')) is rejected: device: got 'cuda' but no "
+        f"CUDA GPU is available; use auto or cpu; {cpu}",
+        "search_space[0]: device='cuda:1' (from choice('cpu', 'cuda', 'cuda:1')) is rejected: device: got 'cuda:1' but "
+        f"no CUDA GPU is available; use auto or cpu; {cpu}",
+    ]
+    # GPUs 2 and 3: each trial sees its own as cuda:0, so cuda is fine and cuda:1 is not.
+    assert _job_problems(raw, devices=["2", "3"]) == [
+        "search_space[0]: device='cuda:1' (from choice('cpu', 'cuda', 'cuda:1')) is rejected: device: got 'cuda:1' but "
+        "only 1 GPU(s) exist; in this sweep each trial sees one GPU of its own (one of 2, 3, through "
+        "CUDA_VISIBLE_DEVICES), where it is cuda:0: remove device or use auto, and choose the GPUs with --devices 1"]
+    assert parse_job(_sweep([{"device": "choice('cuda', 'cuda:0', 'auto')"}]), check_files=False,
+                     devices=["2", "3"]).mode == "sweep"
+
+
+def test_pretrained_weights_files_are_checked_for_every_choice(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"image_url": "a.png", "label": "can"}\n')
+    (tmp_path / "imagenet.pth").write_bytes(b"")
+    missing = tmp_path / "missing.pth"
+    raw = _sweep([{"model_name": "resnet18", "pretrained_weights": f"choice('{tmp_path / 'imagenet.pth'}', "
+                                                                   f"'{missing}')"}])
+    raw["training_data"] = {"path": str(tmp_path / "train.jsonl"), "type": "uri_file"}
+    assert _job_problems(raw, check_files=True) == [
+        f"search_space[0]: pretrained_weights={str(missing)!r} (from choice({str(tmp_path / 'imagenet.pth')!r}, "
+        f"{str(missing)!r})) is rejected: pretrained_weights: file {missing} does not exist"]
+    assert parse_job(raw, check_files=False).mode == "sweep"
+
+
+def test_model_and_machine_problems_come_in_the_same_one_pass_list():
+    raw = _sweep([{"model_name": "choice('resnet18', 'mobilenetv2')", "layers_to_freeze": "choice(0, 99)",
+                   "learning_rat": 0.01}], {"device": "cuda", "number_of_epochs": 0})
+    assert _job_problems(raw, devices=[]) == [
+        "training_parameters.number_of_epochs: got 0; Input should be greater than 0",
+        "search_space[0].learning_rat: unknown setting; did you mean 'learning_rate'?",
+        "training_parameters.device: got 'cuda' but no CUDA GPU is available; use auto or cpu; in this sweep the "
+        "trials run on the CPU and see no GPU (--devices cpu was given, or no GPU was found); to train on GPUs, give "
+        "them with --devices",
+        "search_space[0] with model_name resnet18: layers_to_freeze=99 (from choice(0, 99)) is rejected: "
+        f"layers_to_freeze: got 99; resnet18 has {_RESNET_GROUPS}",
+        "search_space[0] with model_name mobilenetv2: layers_to_freeze=99 (from choice(0, 99)) is rejected: "
+        "layers_to_freeze: got 99; mobilenetv2 has 19 layer groups (features.0, features.1, features.2, features.3, "
+        "features.4, features.5, features.6, features.7, features.8, features.9, features.10, features.11, "
+        "features.12, features.13, features.14, features.15, features.16, features.17, features.18), so use 0 to 19",
+    ]
+
+
+def test_pretrained_weights_with_pretrained_false_is_an_error_and_a_note_where_only_some_draws_break_it():
+    single = {"type": "automl", "task": "image_classification", "training_data": {"path": "train.jsonl"},
+              "training_parameters": {"pretrained": False, "pretrained_weights": "w.pth"}}
+    assert _job_problems(single) == [
+        "training_parameters.pretrained_weights: got 'w.pth' but pretrained is false, which trains from scratch; "
+        "remove pretrained_weights, or set pretrained=true to start from the file"]
+    job = parse_job(_sweep([{"pretrained": "choice(true, false)"}], {"pretrained_weights": "w.pth"}), check_files=False)
+    assert ("search_space[0] with model_name vitb16r224: pretrained=False (from choice(true, false)) is rejected: "
+            "pretrained_weights: got 'w.pth' but pretrained is false, which trains from scratch; remove "
+            "pretrained_weights, or set pretrained=true to start from the file; such trials will be recorded "
+            "failed") in job.notes

@@ -249,14 +249,59 @@ def test_detected_gpus_keep_the_users_cuda_visible_devices():
     assert visible_device_ids(0, "") == []
 
 
-def test_a_device_pinned_in_the_job_is_refused_on_gpus_before_any_trial(job_file, tmp_path):
+def test_a_device_the_trials_cannot_use_is_refused_before_anything_is_written(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 1}
         training_parameters: {number_of_epochs: 1, learning_rate: 0.005, device: "cuda:1"}
         """)
-    with pytest.raises(SettingsError, match=r"device: cuda:1 pins every trial .* --devices 1"):
+    # On GPUs each trial sees only its own GPU, as cuda:0.
+    with pytest.raises(SettingsError) as raised:
         run_fake(path, tmp_path / "run", devices=["0", "1"])
-    assert not (tmp_path / "run" / "trials").exists()
-    # On CPU the setting reaches the trainer unchanged (which then says that there is no GPU).
-    result, _ = run_fake(path, tmp_path / "cpu")
+    assert raised.value.problems == [
+        "training_parameters.device: got 'cuda:1' but only 1 GPU(s) exist; in this sweep each trial sees one GPU of "
+        "its own (one of 0, 1, through CUDA_VISIBLE_DEVICES), where it is cuda:0: remove device or use auto, and "
+        "choose the GPUs with --devices 1"]
+    # On the CPU (--devices cpu) the trials see no GPU at all, so every trial would fail.
+    with pytest.raises(SettingsError) as raised:
+        run_fake(path, tmp_path / "run", devices=[])
+    assert raised.value.problems == [
+        "training_parameters.device: got 'cuda:1' but no CUDA GPU is available; use auto or cpu; in this sweep the "
+        "trials run on the CPU and see no GPU (--devices cpu was given, or no GPU was found); to train on GPUs, give "
+        "them with --devices"]
+    assert not (tmp_path / "run").exists()
+    # cuda:0 is each trial's own GPU.
+    result, _ = run_fake(job_file("""\
+        limits: {max_trials: 1}
+        training_parameters: {number_of_epochs: 1, learning_rate: 0.005, device: "cuda:0"}
+        """, name="gpu.yml"), tmp_path / "gpu", devices=["1"])
     assert result.counts == {"completed": 1}
+
+
+def test_automode_models_are_checked_against_layers_to_freeze_before_anything_is_written(job_file, tmp_path):
+    # On the CPU AutoMode picks mobilenetv2 (19 layer groups) and resnet18 (5) for two trials.
+    path = job_file("""\
+        limits: {max_trials: 2}
+        training_parameters: {number_of_epochs: 1, layers_to_freeze: 6}
+        """)
+    with pytest.raises(SettingsError) as raised:
+        run_fake(path, tmp_path / "run", devices=[])
+    assert raised.value.problems == [
+        "AutoMode's search_space[1]: layers_to_freeze: got 6; resnet18 has 5 layer groups (conv1+bn1, layer1, layer2, "
+        "layer3, layer4), so use 0 to 5"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_command_checks_the_device_against_its_devices_option_with_the_job(job_file, tmp_path, capsys):
+    from visionsweep.cli import main
+
+    path = job_file("""\
+        limits: {max_trials: 2}
+        training_parameters: {number_of_epochs: 1, device: cuda, learning_rat: 0.01}
+        """)
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--devices", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 invalid job file values:\n")
+    assert "  - training_parameters.learning_rat: unknown setting; did you mean 'learning_rate'?" in err
+    assert ("  - training_parameters.device: got 'cuda' but no CUDA GPU is available; use auto or cpu; in this sweep "
+            "the trials run on the CPU and see no GPU") in err
+    assert not (tmp_path / "run").exists()

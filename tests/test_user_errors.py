@@ -13,7 +13,13 @@ from visionsweep.cli import main
 from visionsweep.errors import DataError, RunFolderError, TrainingError
 from visionsweep.training import train
 
-TINY = [arg for key, value in TINY_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+
+def _tiny(**changes) -> list[str]:
+    """--set options of TINY_SETTINGS with ``changes`` (a key may be given only once)."""
+    return [arg for key, value in {**TINY_SETTINGS, **changes}.items() for arg in ("--set", f"{key}={value}")]
+
+
+TINY = _tiny()
 
 
 def _one_error_line(capsys, caplog) -> str:
@@ -53,8 +59,8 @@ def test_a_failure_after_the_data_check_writes_no_run_folder_either(tmp_path, ca
     weights = tmp_path / "damaged-weights.pth"
     weights.write_bytes(b"not a weights file")
     output = tmp_path / "run"
-    code = main(["train", "--task", "image_classification", "--data", str(data), "--output", str(output), *TINY,
-                 "--set", "pretrained=true", "--set", f"pretrained_weights={weights}"])
+    code = main(["train", "--task", "image_classification", "--data", str(data), "--output", str(output),
+                 *_tiny(pretrained=True, pretrained_weights=weights)])
     assert code == 2
     assert "damaged-weights.pth" in _one_error_line(capsys, caplog)
     assert not output.exists()
@@ -105,7 +111,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_overwrite_replaces_it(
     assert main([*command[:4], str(tmp_path / "missing.jsonl"), *command[5:], "--overwrite"]) == 2
     assert (run / "train.log").read_text() == first_log and (run / "model" / "model.pt").read_bytes() == first_model
 
-    assert main([*command, "--set", "number_of_epochs=1", "--overwrite"]) == 0
+    assert main([*command[:-len(TINY)], *_tiny(number_of_epochs=1), "--overwrite"]) == 0
     log = (run / "train.log").read_text()
     assert log.count("records read") == 1 and "epoch 1/1" in log and "epoch 2/2" not in log  # not appended
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

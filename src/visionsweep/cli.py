@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from visionsweep.errors import VisionSweepError
 from visionsweep.sweep.commands import add_sweep_commands
-from visionsweep.settings import load_settings_file, parse_set_options
+from visionsweep.settings import load_settings_file, override_settings, parse_set_options
 from visionsweep.utils import json_ready, write_json
 
 log = logging.getLogger("visionsweep")
@@ -137,8 +137,7 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     values = load_settings_file(args.config) if args.config else {}
-    values.update(parse_set_options(args.set))
-    return values
+    return override_settings(values, parse_set_options(args.set))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -198,7 +197,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from visionsweep import api
 
-    options = parse_set_options(args.option)
+    options = parse_set_options(args.option, "--option")
     result = api.convert(args.source_format, args.source, args.output, **options)
     print(result.report.summary(max_lines=50))
     print(f"wrote {len(result.records)} {result.task.value} records to {args.output}")

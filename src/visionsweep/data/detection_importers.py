@@ -38,6 +38,7 @@ from visionsweep.data.importers import ImportResult, register_importer
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
+from visionsweep.json_files import DuplicateJsonKeyError, parse_json
 from visionsweep.tasks import Task
 from visionsweep.yaml_files import YamlError, read_yaml_file
 
@@ -189,11 +190,16 @@ def import_coco(
     source = Path(source)
     task = Task(task)
     try:
-        document = json.loads(source.read_text(encoding="utf-8-sig"))
+        document = parse_json(source.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"COCO file {source} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{source} is not valid JSON: {error}") from None
+    except DuplicateJsonKeyError as error:
+        # One JSON document: where the repeated key lies is not known, so no part of it can be set aside
+        # as a bad record, and keeping either value (a second 'annotations' list, a second 'bbox')
+        # could silently lose data.
+        raise DataError(f"{source} is not a COCO file that can be read unambiguously: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise DataError(f"{source} is not a COCO file: it needs 'images', 'annotations' and 'categories' lists")
     root = Path(images) if images is not None else source.parent

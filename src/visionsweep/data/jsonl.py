@@ -21,6 +21,7 @@ from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
 from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
+from visionsweep.json_files import DuplicateJsonKeyError, parse_json
 from visionsweep.tasks import Task
 from visionsweep.yaml_files import YamlError, read_yaml_file
 
@@ -180,8 +181,8 @@ def read_json_lines(path: Path, report: DataReport) -> Iterator[tuple[str, dict[
     ``file:line``.
 
     Lines are decoded one by one as UTF-8 (a byte-order mark at the start is allowed), so a line that
-    is not UTF-8, not JSON or not a JSON object is one malformed line, skipped into ``report`` and
-    yielded with ``None``, and the rest of the file is still read.
+    is not UTF-8, not JSON, not a JSON object or an object that gives a key twice is one malformed
+    line, skipped into ``report`` and yielded with ``None``, and the rest of the file is still read.
     """
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
@@ -191,12 +192,14 @@ def read_json_lines(path: Path, report: DataReport) -> Iterator[tuple[str, dict[
                 continue
             location = f"{path.name}:{number}"
             try:
-                item = json.loads(raw.decode("utf-8"))
+                item = parse_json(raw.decode("utf-8"))
             except UnicodeDecodeError as error:
                 problem = (f"not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line); "
                            "save the file as UTF-8")
             except json.JSONDecodeError as error:
                 problem = f"not valid JSON ({error.msg})"
+            except DuplicateJsonKeyError as error:  # which of the two values was meant cannot be told
+                problem = str(error)
             else:
                 problem = None if isinstance(item, dict) else f"a line must be a JSON object, got {type(item).__name__}"
             if problem is not None:

@@ -1,6 +1,7 @@
 """Loading a trained model back from a run folder, a model folder or a checkpoint file."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +15,8 @@ from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task
 from visionsweep.training.checkpoint import BEST_MODEL_FILE, load_checkpoint
 from visionsweep.training.environment import select_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +57,11 @@ def load_trained_model(path: str | Path, *, overrides: Mapping[str, Any] | None 
     content = load_checkpoint(checkpoint)
     task = Task(content["task"])
     stored = {k: v for k, v in content["settings"].items() if k != "task"}
-    settings = resolve_settings(task, {**stored, **dict(overrides or {}), "pretrained": False})
+    # The trained weights replace any starting point: a run's pretrained_weights is not read again.
+    settings = resolve_settings(task, {**stored, **dict(overrides or {}), "pretrained": False,
+                                       "pretrained_weights": None})
+    for note in settings.notes:
+        log.warning("setting note: %s", note)
     spec = get_model_spec(content["model_name"])
     model = build_model(spec, len(content["labels"]), settings.model_dump(), pretrained=False,
                         pretrained_weights=None, layers_to_freeze=None)

@@ -3,12 +3,13 @@ from visionsweep.settings.resolve import (
     ALIASES,
     all_setting_names,
     load_settings_file,
+    override_settings,
     parse_set_options,
     resolve_settings,
 )
 from visionsweep.settings.schema import Settings, applies, parse_tile_grid_size, scope_of
 
 __all__ = [
-    "ALIASES", "Settings", "all_setting_names", "applies", "load_settings_file", "parse_set_options",
-    "parse_tile_grid_size", "resolve_settings", "scope_of",
+    "ALIASES", "Settings", "all_setting_names", "applies", "load_settings_file", "override_settings",
+    "parse_set_options", "parse_tile_grid_size", "resolve_settings", "scope_of",
 ]

@@ -42,6 +42,12 @@ def task_model_defaults(task: Task, model_name: str, given: Mapping[str, Any]) -
     return defaults
 
 
+def cpu_count() -> int:
+    """The CPUs of this machine: the cap of the default ``num_workers``, and the count above which a
+    ``num_workers`` given gets a note (``resolve_settings``)."""
+    return os.cpu_count() or 1
+
+
 def _workers(reference_default: int) -> int:
     """The reference's worker count, capped at this machine's CPU count (more workers only add memory)."""
-    return min(reference_default, os.cpu_count() or 1)
+    return min(reference_default, cpu_count())

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping
 from pydantic import ValidationError
 
 from visionsweep.errors import SettingsError
-from visionsweep.settings.defaults import task_model_defaults
+from visionsweep.json_files import DuplicateJsonKeyError, parse_json
+from visionsweep.settings.defaults import cpu_count, task_model_defaults
 from visionsweep.settings.schema import Settings, combination_problems, scope_of
 from visionsweep.tasks import Task, parse_task
 from visionsweep.yaml_files import YamlError, YamlRefusedError, parse_yaml, read_yaml_file
@@ -86,6 +87,12 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
     if problems:
         raise SettingsError(problems)
     settings.notes.extend(notes)
+    if settings.num_workers > cpu_count():
+        # Only a value given can be above: the default is capped. It is used as given, because loading
+        # from slow storage can keep more workers than cores busy.
+        settings.notes.append(f"num_workers={settings.num_workers} is more than the {cpu_count()} CPUs here; it "
+                              "is used as given (more data loader processes than CPUs add memory, not speed, "
+                              "unless the images load from slow storage)")
     return settings
 
 
@@ -107,27 +114,50 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def parse_set_options(options: Iterable[str]) -> dict[str, Any]:
+def parse_set_options(options: Iterable[str], option: str = "--set") -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings; values are read as YAML (``0.01``, ``true``, ``[3, 2]``) by the same
     reader as settings files. A value that is not YAML stays the string given; one that the reader
-    refuses (an alias bomb, a duplicate key) is a problem."""
+    refuses (an alias bomb, a duplicate key) is a problem, and so is a key given twice, as a settings
+    file may not give a key twice either (``override_settings`` is how ``--set`` wins over ``--config``).
+    ``option`` names the command-line option in the problems (``convert`` reads its ``--option`` here)."""
     values: dict[str, Any] = {}
+    texts: dict[str, str] = {}
     problems = []
-    for option in options:
-        key, sep, text = option.partition("=")
+    for given in options:
+        key, sep, text = given.partition("=")
         key = key.strip()
         if not sep or not key:
-            problems.append(f"--set {option!r}: write it as KEY=VALUE, e.g. --set learning_rate=0.01")
+            example = ", e.g. --set learning_rate=0.01" if option == "--set" else ""
+            problems.append(f"{option} {given!r}: write it as KEY=VALUE{example}")
             continue
+        if key in texts:
+            problems.append(f"{option} {key}: given twice, as {texts[key]!r} and as {text!r}; give it once")
+            continue
+        texts[key] = text
         try:
-            values[key] = parse_yaml(text, f"--set {key}") if text.strip() else None
+            values[key] = parse_yaml(text, f"{option} {key}") if text.strip() else None
         except YamlRefusedError as error:
             problems.append(str(error))
         except YamlError:
             values[key] = text
     if problems:
-        raise SettingsError(problems, context="--set option")
+        raise SettingsError(problems, context=f"{option} option")
     return values
+
+
+def override_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overrides`` winning, as ``--set`` wins over ``--config``, whatever the spelling:
+    an override of ``lr_scheduler`` replaces a ``learning_rate_scheduler`` of ``values``, and one of
+    ``apply_mosaic_for_yolo`` replaces that key inside ``values``' ``advanced_settings``. (Within one
+    source, two spellings of a setting are a problem for ``resolve_settings``.)"""
+    replaced = {ALIASES.get(key, key) for key in overrides}
+    merged = {key: value for key, value in values.items() if ALIASES.get(key, key) not in replaced}
+    advanced = merged.get("advanced_settings")
+    if advanced is not None and replaced & _ADVANCED_KEYS:
+        unpacked, problems = _unpack_advanced(advanced)
+        if not problems:  # an unreadable advanced_settings is left for resolve_settings to report
+            merged["advanced_settings"] = {k: v for k, v in unpacked.items() if k not in replaced}
+    return {**merged, **overrides}
 
 
 def all_setting_names() -> list[str]:
@@ -142,7 +172,11 @@ def _canonical_keys(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], 
         advanced, advanced_problems = _unpack_advanced(values.pop("advanced_settings"))
         problems.extend(advanced_problems)
         for key, value in advanced.items():
-            values.setdefault(key, value)
+            if key in values:
+                problems.append(f"{key}: given both in advanced_settings ({value!r}) and as a setting "
+                                f"({values[key]!r}); give it once")
+            else:
+                values[key] = value
     known = set(Settings.model_fields)
     given: dict[str, Any] = {}
     spelled: dict[str, str] = {}
@@ -163,9 +197,11 @@ def _canonical_keys(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], 
 def _unpack_advanced(raw: Any) -> tuple[dict[str, Any], list[str]]:
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = parse_json(raw)
         except json.JSONDecodeError as error:
             return {}, [f"advanced_settings: not valid JSON ({error}); write e.g. '{{\"apply_mosaic_for_yolo\": false}}'"]
+        except DuplicateJsonKeyError as error:
+            return {}, [f"advanced_settings: {error}"]
     if not isinstance(raw, dict):
         return {}, [f"advanced_settings: must be a JSON object, got {type(raw).__name__}"]
     unknown = sorted(set(raw) - _ADVANCED_KEYS)

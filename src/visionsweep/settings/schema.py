@@ -92,7 +92,8 @@ class Settings(BaseModel):
         None, description="Random seed; unset draws one, which is recorded in the run's settings.json.")
     deterministic: bool = Field(False, description="Ask PyTorch for deterministic algorithms (slower on GPU).")
     num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = Field(
-        description="Data loader worker processes (capped at the CPU count).")
+        description="Data loader worker processes. The default is capped at the CPU count; a larger value given "
+                    "is used as given, with a note.")
     ignore_data_errors: bool = Field(
         True, description="Skip bad images and records (each reported); false makes the first one an error.")
     primary_metric: str = Field(description="Metric that picks the best epoch and drives early stopping.")
@@ -105,7 +106,7 @@ class Settings(BaseModel):
     apply_automl_train_augmentations: bool = Field(True, description="Use the built-in training augmentations.")
     pretrained: bool = Field(True, description="Start from pretrained weights; false trains from scratch.")
     pretrained_weights: Optional[str] = Field(
-        None, description="A weights file to start from instead of the cache or a download.")
+        None, description="A weights file to start from instead of the cache or a download (needs pretrained true).")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     mixed_precision: bool = Field(True, description="Use automatic mixed precision on CUDA (no effect on CPU).")
 
@@ -247,6 +248,10 @@ def combination_problems(s: Settings) -> list[str]:
             problems.append(
                 f"{s.model_name} needs train_crop_size == valid_crop_size (got {s.train_crop_size} and "
                 f"{s.valid_crop_size}): the position embedding is built for one input size")
+    if not s.pretrained and s.pretrained_weights is not None:
+        # Two instructions that cannot both be followed; which one was meant cannot be told.
+        problems.append(f"pretrained_weights: got {s.pretrained_weights!r} but pretrained is false, which trains "
+                        "from scratch; remove pretrained_weights, or set pretrained=true to start from the file")
     if s.optimizer == "sgd" and s.nesterov and s.momentum == 0:
         problems.append("nesterov=true needs momentum > 0 with optimizer sgd; set nesterov=false or raise momentum")
     if s.task in (Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION) and s.model_name != "yolov5":

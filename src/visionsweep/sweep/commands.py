@@ -34,11 +34,11 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from visionsweep.sweep.job import load_job
-    from visionsweep.sweep.runner import run_sweep
+    from visionsweep.sweep.runner import run_sweep, trial_devices
 
-    job = load_job(args.job)
+    devices = trial_devices(None if args.devices is None else [] if args.devices == "cpu" else args.devices.split(","))
+    job = load_job(args.job, devices=devices)  # the devices too: a device the trials cannot use is a job problem
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / job.study_name()
-    devices = None if args.devices is None else [] if args.devices == "cpu" else args.devices.split(",")
     try:
         result = run_sweep(job, run_dir, storage=args.storage, study_name=args.study_name, trainer=args.trainer,
                            devices=devices)

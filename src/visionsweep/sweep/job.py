@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from visionsweep.errors import SettingsError
 from visionsweep.sweep.policies import PolicySpec, parse_policy
@@ -31,6 +31,7 @@ from visionsweep.sweep.space import (
     SearchSpace, check_base_settings, check_setting_names, check_space, known_settings, merge_settings,
     parse_search_space, validate_config,
 )
+from visionsweep.sweep.trial_checks import check_trials
 from visionsweep.tasks import Task, parse_task
 from visionsweep.yaml_files import YamlError, read_yaml_file
 
@@ -126,8 +127,8 @@ class Job:
         return self.source.stem if self.source else "visionsweep"
 
 
-def load_job(path: str | Path, *, check_data: bool = True) -> Job:
-    """Read and check a job YAML file. Raises ``SettingsError`` listing every problem."""
+def load_job(path: str | Path, *, check_files: bool = True, devices: Sequence[str] | None = None) -> Job:
+    """Read and check a job YAML file (see ``parse_job``). Raises ``SettingsError`` listing every problem."""
     path = Path(path)
     if not path.is_file():
         raise SettingsError([f"job file {path} does not exist"], context="job file")
@@ -135,12 +136,20 @@ def load_job(path: str | Path, *, check_data: bool = True) -> Job:
         raw = read_yaml_file(path)
     except YamlError as error:
         raise SettingsError([str(error)], context="job file") from None
-    return parse_job(raw, base_dir=path.resolve().parent, source=path.resolve(), check_data=check_data)
+    return parse_job(raw, base_dir=path.resolve().parent, source=path.resolve(), check_files=check_files,
+                     devices=devices)
 
 
-def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = None, check_data: bool = True) -> Job:
-    """Check a job mapping (as read from YAML). Relative data paths resolve against ``base_dir``;
-    ``check_data=False`` skips checking that they exist."""
+def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = None, check_files: bool = True,
+              devices: Sequence[str] | None = None) -> Job:
+    """Check a job mapping (as read from YAML). Relative data paths resolve against ``base_dir``.
+
+    Besides the schema, every value a trial can draw goes through the checks of a single run that
+    need the model registry, the machine or the file system (``trial_checks.check_trials``).
+    ``check_files=False`` skips checking that the data paths and ``pretrained_weights`` files exist.
+    ``devices``: the CUDA device ids the runner will give the trials (``[]``: the CPU), against which
+    ``device`` is checked; None leaves that to the runner.
+    """
     if not isinstance(raw, Mapping):
         raise SettingsError([f"a job file holds a mapping of keys, got {type(raw).__name__}"], context="job file")
     problems: list[str] = []
@@ -178,9 +187,9 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
     if not isinstance(target_column, str) or not target_column:
         problems.append(f"target_column_name: must be a column name such as label, got {target_column!r}")
 
-    training_data = _data_input(raw.get("training_data"), "training_data", base_dir, check_data, problems,
+    training_data = _data_input(raw.get("training_data"), "training_data", base_dir, check_files, problems,
                                 required=True)
-    validation_data = _data_input(raw.get("validation_data"), "validation_data", base_dir, check_data, problems,
+    validation_data = _data_input(raw.get("validation_data"), "validation_data", base_dir, check_files, problems,
                                   required=False)
     validation_size = raw.get("validation_data_size")
     if validation_size is not None:
@@ -254,6 +263,10 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
                 rejected = set(named) - set(base)
                 problems.extend(f"training_parameters: {p}" for p in error.problems
                                 if not any(key in p for key in rejected))
+        trial_problems, trial_notes = check_trials(task, base, space if mode == "sweep" else None, devices=devices,
+                                                   check_files=check_files, models_from_plan=mode == "automode")
+        problems.extend(trial_problems)
+        job_notes.extend(trial_notes)
     if problems:
         raise SettingsError(problems, context="job file")
     assert task is not None and training_data is not None and isinstance(primary_metric, str)

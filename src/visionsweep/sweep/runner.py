@@ -64,8 +64,9 @@ from visionsweep.sweep.sampling import make_sampler
 from visionsweep.sweep.slots import (
     claim_slot, mark_interrupted, reap_stale_trials, trial_status, work_left,
 )
-from visionsweep.sweep.space import merge_settings, suggest, validate_config
+from visionsweep.sweep.space import SearchSpace, merge_settings, suggest, validate_config
 from visionsweep.sweep.storage import mask_url, open_storage, open_study, study_seed
+from visionsweep.sweep.trial_checks import check_trials
 from visionsweep.sweep.trial_process import (
     LOG_FILE, RESULT_FILE, SPEC_FILE, STOP_FILE, classify_error, trainer_path, write_json_atomic,
 )
@@ -157,14 +158,22 @@ class _Worker:
     timed_out: bool = False
 
     def run(self) -> SweepResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._read_or_write_sweep_file()
-        self.devices = list(_detect_devices() if self.devices is None else self.devices)
+        self.devices = trial_devices(self.devices)
         if not self.devices and self.hardware is None:
             # Trials run on the CPU (none found, or --devices cpu): AutoMode plans for the CPU too.
             self.hardware = Hardware(gpus=0, gpu_memory_gib=0.0, cpus=os.cpu_count() or 1)
+        # What the trials will draw and see is checked before anything is written: parse_job checks the
+        # devices only when it is told them, and AutoMode's models only exist once it is planned.
+        planned = None
+        if self.job.mode == "automode":
+            self.hardware = self.hardware or Hardware.detect()
+            planned = plan_sweep(self.job, self.hardware).space
+        self._check_trials(planned if planned is not None else self.job.search_space)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._read_or_write_sweep_file()
         self.study, self.plan = self._open()
-        _check_device_setting(self.job.base_settings(), self.devices)
+        if planned is not None and self.plan.space != planned:  # joined a sweep planned on other hardware
+            self._check_trials(self.plan.space)
         width = min(self.job.limits.max_concurrent_trials, self.plan.budget)
         if self.devices and len(self.devices) < width:
             self.progress(f"{len(self.devices)} GPU(s): running {len(self.devices)} trials at a time, one per GPU "
@@ -219,6 +228,13 @@ class _Worker:
         if self.job.source is not None:
             shutil.copyfile(self.job.source, self.run_dir / "job.yml")
         write_json_atomic(path, record)
+
+    def _check_trials(self, space: SearchSpace | None) -> None:
+        name = "AutoMode's search_space" if self.job.mode == "automode" else "search_space"
+        problems, _ = check_trials(self.job.task, self.job.base_settings(), space, devices=self.devices,
+                                   space_name=name)
+        if problems:
+            raise SettingsError(problems, context="job file")
 
     def _open(self) -> tuple[optuna.Study, SweepPlan]:
         storage = open_storage(self.storage, self.run_dir)
@@ -501,9 +517,11 @@ def _stored_plan(storage: Any, study_name: str) -> dict[str, Any] | None:
     return study.user_attrs.get(attrs.PLAN)
 
 
-def _detect_devices() -> list[str]:
-    """The CUDA devices visible to this process, as values for a trial's ``CUDA_VISIBLE_DEVICES``
-    (none when torch or CUDA is unavailable)."""
+def trial_devices(devices: Sequence[str] | None) -> list[str]:
+    """The CUDA device ids the trials get, one each: ``devices`` as given (``[]``: the CPU), or when
+    None the GPUs visible to this process (none when torch or CUDA is unavailable)."""
+    if devices is not None:
+        return list(devices)
     return visible_device_ids(Hardware.detect().gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
@@ -519,17 +537,6 @@ def visible_device_ids(count: int, visible: str | None) -> list[str]:
         return [str(i) for i in range(count)]
     entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
     return entries[:count]
-
-
-def _check_device_setting(settings: dict[str, Any], devices: Sequence[str]) -> None:
-    """A trial on a GPU sees that GPU only (as ``cuda:0``): a ``device: cuda:N`` with N > 0 in the
-    job cannot work there, so it is refused before any trial starts."""
-    device = str(settings.get("device", "auto"))
-    if devices and device.startswith("cuda:") and device != "cuda:0":
-        raise SettingsError([f"device: {device} pins every trial to one GPU, but the sweep gives each trial a GPU "
-                             f"of its own ({', '.join(devices)}) through CUDA_VISIBLE_DEVICES, where it is cuda:0; "
-                             f"remove device (or use auto) and choose GPUs with --devices "
-                             f"{device.split(':', 1)[1]}"], context="job file")
 
 
 def _death(code: int | None, log_path: Path) -> dict[str, Any]:
@@ -598,4 +605,5 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-__all__ = ["DEFAULT_TRAINER", "SweepResult", "classify_error", "read_sweep_file", "run_sweep", "visible_device_ids"]
+__all__ = ["DEFAULT_TRAINER", "SweepResult", "classify_error", "read_sweep_file", "run_sweep", "trial_devices",
+           "visible_device_ids"]

@@ -116,8 +116,6 @@ def train(
         # no half-made run behind, and validate-data runs the very same checks.
         prepared = prepare_run(task, data, validation_data, settings=settings, label_column=label_column)
         settings, device, data_ = prepared.settings, prepared.device, prepared.data
-        for note in settings.notes:
-            log.warning("setting note: %s", note)
         seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
