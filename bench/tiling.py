@@ -59,7 +59,7 @@ def train_detector(args: argparse.Namespace) -> None:
                 "learning_rate": args.learning_rate}
     started = time.perf_counter()
     result = train("image_object_detection", train_file, test_file, settings=settings, output=output / "run",
-                   progress=False)
+                   progress=False, overwrite=True)  # a rerun of the benchmark replaces its run
     print(json.dumps({"run": str(result.run_dir), "best_score": result.best_score,
                       "train_minutes": round((time.perf_counter() - started) / 60, 1)}))
 

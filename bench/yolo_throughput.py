@@ -215,7 +215,7 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
             "val_images": str(peer_data.parent / "val" / "images"), "predictions": str(work / "peer_predictions.jsonl")})
     torch.set_num_threads(1)
     started = time.perf_counter()
-    run = train(OD, train_file, val_file, output=work / "visionsweep_run", progress=False,
+    run = train(OD, train_file, val_file, output=work / "visionsweep_run", progress=False, overwrite=True,
                 settings=_settings(args.img_size, number_of_epochs=args.epochs, early_stopping=False,
                                    validation_metric_type="coco_voc"))
     ours = {"train_wall_s": round(time.perf_counter() - started, 1), "best_epoch": run.best_epoch,
