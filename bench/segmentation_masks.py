@@ -75,7 +75,7 @@ def _peak_bytes() -> int:
 
 
 def run_one(way: str, objects: int, width: int, height: int, repeats: int, min_size: int, max_size: int) -> dict:
-    from visionsweep.inference.masks import pixel_segments, polygons_to_masks
+    from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
     from visionsweep.training.detection import prepare_image, record_target
     from visionsweep.training.segmentation import SegmentationDataset
 

@@ -45,7 +45,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.data.yolo_pipeline import YoloDataset, YoloTrainTransform, yolo_collate
 from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.model_folder import load_trained_model
-from visionsweep.inference.yolo_postprocess import postprocess
+from visionsweep.geometry.yolo_boxes import postprocess
 from visionsweep.models import build_model, get_model_spec
 from visionsweep.models.yolo import ModelEMA, YoloLoss, build_yolov5
 from visionsweep.settings import resolve_settings

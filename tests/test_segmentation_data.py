@@ -16,7 +16,7 @@ from visionsweep.data.detection_labels import parse_segmentation_label
 from visionsweep.data.labels import BadLabel, label_parser
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.errors import DataError
-from visionsweep.inference.masks import pixel_segments, polygons_to_masks
+from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
 from visionsweep.tasks import Task
 
 TASK = Task.INSTANCE_SEGMENTATION

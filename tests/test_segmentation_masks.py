@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionsweep.inference.masks import (
-    export_mask_images,
-    mask_image_path,
+from visionsweep.inference.mask_images import export_mask_images, mask_image_path
+from visionsweep.geometry.masks import (
     mask_polygons,
     mask_to_polygons,
     pixel_segments,

@@ -13,7 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from visionsweep.evaluation.coco import COCO_METRIC_NAMES
 from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
-from visionsweep.inference.masks import polygons_to_masks
+from visionsweep.geometry.masks import polygons_to_masks
 
 CLASSES = ["cat", "dog", "fox"]
 

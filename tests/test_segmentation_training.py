@@ -14,7 +14,7 @@ from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.inference.detection import BOX_KEYS, score_prediction_file
-from visionsweep.inference.masks import pixel_segments, polygons_to_masks
+from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
 from visionsweep.training.detection import (

@@ -8,16 +8,9 @@ import torch
 from PIL import Image
 
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
-from visionsweep.data.tiling import (
-    Tile,
-    Tiling,
-    all_tiles,
-    cut_boxes,
-    objects_in_tiles,
-    tile_layout,
-    tiles_with_objects,
-)
-from visionsweep.inference.tiling import (
+from visionsweep.data.tiling import Tiling, all_tiles, objects_in_tiles, tiles_with_objects
+from visionsweep.geometry.tile_layout import Tile, cut_boxes, tile_layout
+from visionsweep.geometry.tile_merge import (
     TilePredictions,
     duplicate_flags,
     merge_tile_predictions,

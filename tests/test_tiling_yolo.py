@@ -12,7 +12,8 @@ from torch import nn
 
 from visionsweep import api
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
-from visionsweep.data.tiling import Tile, Tiling
+from visionsweep.data.tiling import Tiling
+from visionsweep.geometry.tile_layout import Tile
 from visionsweep.data.yolo_pipeline import LetterboxInfo, YoloTrainTransform
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task

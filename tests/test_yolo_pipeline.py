@@ -14,7 +14,7 @@ from visionsweep.data.yolo_pipeline import (
     letterbox_for_inference, load_sample, mosaic, multi_scale_size, random_affine, random_hflip, resize_batch,
     resize_longest, yolo_collate,
 )
-from visionsweep.inference.yolo_postprocess import postprocess, unletterbox_boxes
+from visionsweep.geometry.yolo_boxes import postprocess, unletterbox_boxes
 
 COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20],
                     [230, 20, 230], [20, 230, 230], [250, 250, 250], [120, 20, 60]], dtype=np.uint8)

@@ -613,7 +613,7 @@ def _coco_segmentation(value: Any, width: int, height: int, *,
 
 def _rle_segments(value: dict, width: int, height: int) -> tuple[tuple[tuple[float, ...], ...], str]:
     """Normalised segments traced from a COCO RLE mask, or () and why not."""
-    from visionsweep.inference.masks import mask_to_polygons, normalise_segment  # scikit-image on first RLE
+    from visionsweep.geometry.masks import mask_to_polygons, normalise_segment  # scikit-image on first RLE
 
     size, counts = value.get("size"), value.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, bytes, list))):

@@ -8,8 +8,8 @@ A prediction line (spec 6.1)::
 
 Instance segmentation adds ``"polygon": [[x1, y1, x2, y2, ...], ...]`` to each box: the object's mask
 (probabilities above ``mask_pixel_score_threshold``) traced into segments of at most
-``max_number_of_polygon_points`` points, normalised like the boxes (``inference/masks.py``). With
-``export_as_image`` each mask is also written as an image (``masks.mask_image_path`` names the files).
+``max_number_of_polygon_points`` points, normalised like the boxes (``geometry/masks.py``). With
+``export_as_image`` each mask is also written as an image (``inference/mask_images.py`` names the files).
 
 Coordinates are fractions of the image width and height (the model's frame, normalised by its own size,
 which equals normalising the original image's pixels). Boxes come sorted by descending score, at most
@@ -34,7 +34,8 @@ from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
 from visionsweep.inference.inputs import known_class_records
-from visionsweep.inference.masks import export_mask_images, mask_polygons, pixel_segments, polygons_to_rles
+from visionsweep.geometry.masks import mask_polygons, pixel_segments, polygons_to_rles
+from visionsweep.inference.mask_images import export_mask_images
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import match_prediction_lines, reject_line, scoring_summary
 from visionsweep.models.detection import label_offset
@@ -103,7 +104,7 @@ def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report:
 
     For instance segmentation every box also gets its ``polygon``, and with ``export_as_image`` each
     mask is written under ``mask_dir`` (default: ``masks`` in the current folder) as
-    ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``masks.mask_image_path``).
+    ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``mask_images.mask_image_path``).
     """
     settings = trained.settings
     segmentation = trained.task is Task.INSTANCE_SEGMENTATION

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from visionsweep.data.records import ImageRecord
-from visionsweep.inference.masks import polygons_to_masks
+from visionsweep.geometry.masks import polygons_to_masks
 from visionsweep.settings import Settings
 from visionsweep.tasks import SEGMENTATION_MODELS
 from visionsweep.training.detection import (

@@ -9,7 +9,7 @@
   tiles, so the tiles of an image go through the model together. ``TiledDetectionOps.predict`` runs
   the model on images of similar size together (tiles with tiles, full images with full images: a batch
   is padded to its largest image), then merges each image's tile predictions into its own
-  (``visionsweep.inference.tiling``) and hands on plain ``DetectionBatch`` es of full images. Everything
+  (``visionsweep.geometry.tile_merge``) and hands on plain ``DetectionBatch`` es of full images. Everything
   downstream (validation metrics against the full-image ground truth, prediction lines, evaluation of a
   trained model) therefore sees one merged prediction per image.
 
@@ -34,9 +34,10 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from visionsweep.data.images import DECODE_ERRORS, ImageProblem, load_record_rgb, probe_image
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
-from visionsweep.data.tiling import Tile, Tiling, all_tiles, tiles_with_objects
+from visionsweep.data.tiling import Tiling, all_tiles, tiles_with_objects
+from visionsweep.geometry.tile_layout import Tile
 from visionsweep.data.yolo_pipeline import YoloSample, YoloTrainTransform, letterbox_for_inference, to_yolo_labels
-from visionsweep.inference.tiling import TilePredictions, merge_tile_predictions
+from visionsweep.geometry.tile_merge import TilePredictions, merge_tile_predictions
 from visionsweep.settings import Settings
 from visionsweep.training.detection import (
     DetectionBatch,

@@ -43,7 +43,7 @@ from visionsweep.data.yolo_pipeline import (
     yolo_collate,
 )
 from visionsweep.evaluation.detection import DetectionEvaluation
-from visionsweep.inference.yolo_postprocess import postprocess
+from visionsweep.geometry.yolo_boxes import postprocess
 from visionsweep.models.freezing import train_mode
 from visionsweep.models.yolo import ModelEMA, YoloLoss
 from visionsweep.settings import Settings

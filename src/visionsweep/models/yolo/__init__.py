@@ -1,7 +1,7 @@
 """YOLOv5 (release 3.0 architecture), written in the project: network, loss and weight averaging.
 
 The data pipeline is ``visionsweep.data.yolo_pipeline``; decoding of boxes happens in the Detect
-head, score filtering, NMS and un-letterboxing in ``visionsweep.inference.yolo_postprocess``.
+head, score filtering, NMS and un-letterboxing in ``visionsweep.geometry.yolo_boxes``.
 """
 from visionsweep.models.yolo.ema import ModelEMA
 from visionsweep.models.yolo.loss import LevelTargets, YoloLoss, match_anchors

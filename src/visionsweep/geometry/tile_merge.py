@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from visionsweep.data.tiling import Tile
+from visionsweep.geometry.tile_layout import Tile
 
 FULL_IMAGE_SOURCE = 0  # the source number of full-image boxes; tile k (0-based) is source k + 1
 

@@ -1,5 +1,5 @@
 """Masks and polygons of instance segmentation: rasterising polygons, tracing masks back into polygons
-with a guaranteed point cap, and writing masks as image files.
+with a guaranteed point cap.
 
 Coordinates. Polygons here are in PIXEL-CORNER coordinates: pixel (row r, column c) is the unit square
 [c, c + 1) x [r, r + 1), so a frame of width W and height H spans [0, W] x [0, H] and normalising is a
@@ -12,12 +12,10 @@ hole survives the round trip.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 import shapely
 from skimage.measure import find_contours
@@ -30,7 +28,6 @@ LOSSLESS_TOLERANCE = 1e-6
 # Bisection steps on the tolerance once doubling has found a value that meets the cap; the interval
 # then holds the smallest meeting tolerance to within 1/256 of its size.
 _BISECTION_STEPS = 8
-_PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP"}
 
 
 def polygons_to_masks(objects: Sequence[Segments], height: int, width: int) -> np.ndarray:
@@ -102,7 +99,7 @@ def mask_polygons(masks: np.ndarray, *, max_points: int, frame_size: tuple[int, 
     """
     width, height = frame_size
     return [[normalise_segment(segment, width, height) for segment in mask_to_polygons(mask, max_points=max_points)]
-            for mask in _squeeze(masks)]
+            for mask in squeeze_masks(masks)]
 
 
 def normalise_segment(segment: np.ndarray, width: int, height: int) -> list[float]:
@@ -114,42 +111,6 @@ def normalise_segment(segment: np.ndarray, width: int, height: int) -> list[floa
 def pixel_segments(polygons: Sequence[Sequence[float]], width: int, height: int) -> Segments:
     """Normalised flat segments (the JSONL ``polygon`` form) as (K, 2) pixel-corner arrays of a frame."""
     return [np.asarray(segment, dtype=np.float64).reshape(-1, 2) * (width, height) for segment in polygons]
-
-
-def mask_image_path(folder: str | Path, filename: str, index: int, label: str, score: float,
-                    image_type: str) -> Path:
-    """Where ``export_mask_images`` writes one mask (the reference's naming, spec 6.5)::
-
-        FOLDER/<root>/<label>/<root>_<index>_label_<label>_conf_<score>.<image_type>
-
-    ``root`` is the image's file name up to its first dot (``images/a.b.jpg`` -> ``a``), ``index`` the
-    position of the prediction in the image's line (0-based), ``score`` the first four characters of
-    the score written as a decimal without its dot (0.98765 -> ``0987``, 0.5 -> ``05``, 1.0 -> ``10``).
-    Path separators in a class name become ``_`` so that a class cannot write outside its folder.
-    """
-    root = Path(filename.replace("\\", "/")).name.split(".", 1)[0]
-    safe_label = label.replace("/", "_").replace("\\", "_").replace(os.sep, "_")
-    confidence = str(float(score)).replace(".", "")[:4]
-    name = f"{root}_{index}_label_{safe_label}_conf_{confidence}.{image_type}"
-    return Path(folder) / root / safe_label / name
-
-
-def export_mask_images(folder: str | Path, filename: str, binary_masks: np.ndarray, labels: Sequence[str],
-                       scores: Sequence[float], image_type: str) -> list[Path]:
-    """Write each (H, W) mask of ``binary_masks`` (K, H, W) as an 8-bit single-channel image, 255 for the
-    object and 0 elsewhere, at the resolution given (the model frame), named by ``mask_image_path``.
-    JPEG is lossy, so pixels near the edges of a jpg mask are not exactly 0 or 255; png and bmp are
-    exact. Returns the paths written."""
-    if image_type not in _PIL_FORMATS:
-        raise ValueError(f"image_type must be one of {', '.join(_PIL_FORMATS)}, got {image_type!r}")
-    paths = []
-    for index, (mask, label, score) in enumerate(zip(_squeeze(binary_masks), labels, scores)):
-        path = mask_image_path(folder, filename, index, label, score, image_type)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.where(np.asarray(mask).astype(bool), 255, 0).astype(np.uint8), mode="L").save(
-            path, format=_PIL_FORMATS[image_type])
-        paths.append(path)
-    return paths
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -215,7 +176,7 @@ def _closed(points: np.ndarray) -> np.ndarray:
     return points if np.array_equal(points[0], points[-1]) else np.vstack([points, points[:1]])
 
 
-def _squeeze(masks: np.ndarray) -> np.ndarray:
+def squeeze_masks(masks: np.ndarray) -> np.ndarray:
     if hasattr(masks, "detach"):  # a torch tensor
         masks = masks.detach().cpu().numpy()
     masks = np.asarray(masks)
