@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from visionsweep.data.classification import training_transform
+from visionsweep.families.classification.transforms import training_transform
 from visionsweep.training import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fridgeObjects_cls" / "cls_train.jsonl"

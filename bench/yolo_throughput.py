@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from visionsweep.api import evaluate
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
-from visionsweep.data.yolo_pipeline import YoloDataset, YoloTrainTransform, yolo_collate
+from visionsweep.families.yolo.pipeline import YoloDataset, YoloTrainTransform, yolo_collate
 from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.geometry.yolo_boxes import postprocess
@@ -51,7 +51,7 @@ from visionsweep.models.yolo import ModelEMA, YoloLoss, build_yolov5
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
 from visionsweep.training import train
-from visionsweep.training.checkpoint import save_checkpoint
+from visionsweep.checkpoint import save_checkpoint
 from visionsweep.training.loop import LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule

@@ -12,7 +12,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models
 from visionsweep.models.detection import build_faster_rcnn, label_offset
-from visionsweep.tasks import RCNN_DETECTION_MODELS, Task
+from visionsweep.tasks import Task
+
+# Azure's R-CNN-family detector names (docs/models.md)
+RCNN_DETECTION_MODELS = (
+    "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn", "retinanet_resnet50_fpn",
+)
 
 SMALL = {"pretrained": False, "min_size": 64, "max_size": 96}
 FASTER = [name for name in RCNN_DETECTION_MODELS if name.startswith("fasterrcnn")]

@@ -13,7 +13,13 @@ from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models, registry
 from visionsweep.models.freezing import train_mode
 from visionsweep.models.weights import WeightsSource
-from visionsweep.tasks import CLASSIFICATION_MODELS, Task
+from visionsweep.tasks import Task
+
+# Azure's classification model names (docs/models.md)
+CLASSIFICATION_MODELS = (
+    "mobilenetv2", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnest50", "resnest101", "seresnext", "vits16r224", "vitb16r224", "vitl16r224",
+)
 
 SMALL = {"pretrained": False, "valid_crop_size": 64, "valid_resize_size": 72, "train_crop_size": 64}
 

@@ -17,6 +17,7 @@ import yaml
 
 from visionsweep.cli import main
 from visionsweep.data.jsonl import read_labeled_data
+from visionsweep.model_catalog import model_names
 from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import DEFAULT_TIMEOUT_MINUTES, load_job, parse_job
@@ -73,7 +74,7 @@ def test_example_loads_plans_and_every_trial_validates(path):
         assert len(drawn) == plan.budget
         # Each drawn configuration resolves with the schema into settings for one of the allowed models.
         picked = {validate_config(task, settings).model_name for settings in drawn}
-        assert picked <= (models or set(task.model_names)) and picked
+        assert picked <= (models or set(model_names(task))) and picked
         if models is not None and plan.sampling.seed is not None:
             assert picked == models  # the seeded quick sweep tries both families
 

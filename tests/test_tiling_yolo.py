@@ -14,7 +14,7 @@ from visionsweep import api
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tiling
 from visionsweep.geometry.tile_layout import Tile
-from visionsweep.data.yolo_pipeline import LetterboxInfo, YoloTrainTransform
+from visionsweep.families.yolo.pipeline import LetterboxInfo, YoloTrainTransform
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
 from visionsweep.training.run import train

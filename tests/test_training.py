@@ -14,7 +14,7 @@ from conftest import TINY_SETTINGS, write_color_dataset
 from visionsweep.errors import CheckpointError
 from visionsweep.models import create_model
 from visionsweep.training import train
-from visionsweep.training.checkpoint import load_checkpoint, load_for_incremental_training
+from visionsweep.checkpoint import load_checkpoint, load_for_incremental_training
 from visionsweep.training.classification import class_weights
 from visionsweep.training.early_stopping import EarlyStopping
 from visionsweep.training.loop import LoopConfig, TaskOps, fit

@@ -29,9 +29,9 @@ from visionsweep.models.yolo import build_yolov5
 from visionsweep.models.yolo.weights import _InertUnpickler, _Placeholder, read_vendor_checkpoint
 from visionsweep.settings import resolve_settings
 from visionsweep.sweep.leaderboard import LeaderboardRow, copy_best_model
-from visionsweep.training import checkpoint as checkpoint_module
+from visionsweep import checkpoint as checkpoint_module
 from visionsweep.training import train
-from visionsweep.training.checkpoint import FORMAT, load_checkpoint, load_for_incremental_training, save_checkpoint
+from visionsweep.checkpoint import FORMAT, load_checkpoint, load_for_incremental_training, save_checkpoint
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule
 

@@ -28,7 +28,7 @@ from visionsweep.models.yolo import BACKBONE_LAYER_GROUPS, build_yolov5
 from visionsweep.models.yolo.weights import read_vendor_checkpoint
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.training.checkpoint import load_checkpoint, save_checkpoint
+from visionsweep.checkpoint import load_checkpoint, save_checkpoint
 from visionsweep.training.yolo import ReportingYoloDataset, collate_yolo, yolo_pipeline, yolo_targets_to_pixels
 
 OD = Task.OBJECT_DETECTION
@@ -75,7 +75,7 @@ def _pipeline(tmp_path, **values):
 
 def test_registry_builds_the_size_the_settings_name():
     spec = get_model_spec("yolov5")
-    assert "yolov5" in list_models(OD) and spec.task_family == "detection"
+    assert "yolov5" in list_models(OD) and spec.family == "yolov5"
     assert spec.layer_groups == BACKBONE_LAYER_GROUPS and len(spec.layer_groups) == 10
     assert spec.head_prefixes == ("model.24.m.",)
     model = create_model("yolov5", 1, model_size="small", pretrained=False)
@@ -279,7 +279,7 @@ def test_unreadable_images_are_reported_not_raised(tmp_path):
     jsonl = _write_scenes(tmp_path, count=2)
     records = read_labeled_data(jsonl, OD).records
     (tmp_path / "1.png").write_bytes(b"not an image any more")
-    from visionsweep.data.yolo_pipeline import YoloTrainTransform
+    from visionsweep.families.yolo.pipeline import YoloTrainTransform
     validation = ReportingYoloDataset(records, CLASSES, 64)
     assert validation[1].image is None and validation[1].failures[0][0] == 1
     batch = collate_yolo([validation[0], validation[1]])

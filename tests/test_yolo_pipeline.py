@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
-from visionsweep.data.yolo_pipeline import (
+from visionsweep.families.yolo.pipeline import (
     PAD_VALUE, AffineParams, LetterboxInfo, YoloDataset, YoloSample, YoloTrainTransform, letterbox,
     letterbox_for_inference, load_sample, mosaic, multi_scale_size, random_affine, random_hflip, resize_batch,
     resize_longest, yolo_collate,

@@ -15,7 +15,6 @@ from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError, SettingsError
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
-from visionsweep.inference import yolo as yolo_inference
 from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.inference.prediction_files import scoring_summary
@@ -23,18 +22,6 @@ from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task, parse_task
 from visionsweep.training.preflight import prepare_run
 from visionsweep.utils import json_ready
-
-# task -> module with predict_lines(trained, records, report), evaluate_model(trained, records, report)
-#         and score_prediction_file(predictions, records, task, report, predictions_report)
-_INFERENCE: dict[Task, ModuleType] = {
-    Task.CLASSIFICATION: classification_inference,
-    Task.MULTILABEL: classification_inference,
-    Task.OBJECT_DETECTION: detection_inference,
-    Task.INSTANCE_SEGMENTATION: detection_inference,
-}
-# Models whose prediction differs from their task's, by model_name (same functions).
-_MODEL_INFERENCE: dict[str, ModuleType] = {"yolov5": yolo_inference}
-
 
 @dataclass
 class PredictionResult:
@@ -57,8 +44,8 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     count = 0
     with output.open("w", encoding="utf-8") as out:
         # exported mask images (export_as_image) go beside the predictions file
-        options = {"mask_dir": output.parent / "masks"} if trained.task is Task.INSTANCE_SEGMENTATION else {}
-        for line in _inference(trained.task, trained.model_name).predict_lines(trained, records, report, **options):
+        options = {"mask_dir": output.parent / "masks"} if trained.task.predicts_masks else {}
+        for line in _format(trained.task).predict_lines(trained, records, report, **options):
             out.write(json.dumps(json_ready(line)) + "\n")
             count += 1
     report.images_checked = "decoded"  # each kept image was decoded to predict on; those that failed are skipped
@@ -101,8 +88,7 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
         trained = load_trained_model(model, overrides=settings)
         labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors,
                                      max_image_pixels=trained.settings.max_image_pixels)
-        metrics = _inference(trained.task, trained.model_name).evaluate_model(trained, labelled.records,
-                                                                              labelled.report)
+        metrics = _format(trained.task).evaluate_model(trained, labelled.records, labelled.report)
         labelled.report.images_checked = "decoded"  # the model read every kept image; those that failed are skipped
         return EvaluationResult(metrics, labelled.report)
     if task is None:
@@ -114,7 +100,7 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
     predictions_report = DataReport(source=str(predictions))
     options = {} if task.is_classification else {  # how detections are matched and scored
         "metric_type": resolved.validation_metric_type, "iou_threshold": resolved.validation_iou_threshold}
-    metrics = _inference(task).score_prediction_file(predictions, labelled.records, task, labelled.report,
+    metrics = _format(task).score_prediction_file(predictions, labelled.records, task, labelled.report,
                                                      predictions_report, **options)
     if not resolved.ignore_data_errors and (labelled.report.skipped or predictions_report.skipped):
         skipped = len(labelled.report.skipped) + len(predictions_report.skipped)
@@ -142,9 +128,7 @@ def convert(source_format: str, source: str | Path, output: str | Path, **option
     return _convert(source_format, source, output, **options)
 
 
-def _inference(task: Task, model_name: str | None = None) -> ModuleType:
-    if model_name in _MODEL_INFERENCE:
-        return _MODEL_INFERENCE[model_name]
-    if task not in _INFERENCE:
-        raise NotImplementedError(f"prediction for {task} is not implemented yet")
-    return _INFERENCE[task]
+def _format(task: Task) -> ModuleType:
+    """The module that writes and scores the predictions of ``task`` (the scoring format differs by task,
+    not by model): ``predict_lines``, ``evaluate_model`` and ``score_prediction_file``."""
+    return classification_inference if task.is_classification else detection_inference

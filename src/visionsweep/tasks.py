@@ -1,4 +1,4 @@
-"""The four tasks, their primary metrics and the model names each accepts.
+"""The four tasks, their primary metrics and default models (the model names live in model_catalog.py).
 
 The names and defaults follow the current Azure AutoML for Images how-to guide (see docs/models.md).
 """
@@ -24,16 +24,17 @@ class Task(str, Enum):
         return self is Task.MULTILABEL
 
     @property
+    def predicts_masks(self) -> bool:
+        """Whether a prediction of this task has a mask (a polygon) per object."""
+        return self is Task.INSTANCE_SEGMENTATION
+
+    @property
     def primary_metric(self) -> str:
         return _PRIMARY_METRIC[self]
 
     @property
     def default_model(self) -> str:
         return _DEFAULT_MODEL[self]
-
-    @property
-    def model_names(self) -> tuple[str, ...]:
-        return _MODEL_NAMES[self]
 
     @property
     def primary_metric_choices(self) -> tuple[str, ...]:
@@ -44,27 +45,6 @@ class Task(str, Enum):
         return self.value
 
 
-CLASSIFICATION_MODELS = (
-    "mobilenetv2", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnest50", "resnest101", "seresnext", "vits16r224", "vitb16r224", "vitl16r224",
-)
-VIT_MODELS = ("vits16r224", "vitb16r224", "vitl16r224")
-RCNN_DETECTION_MODELS = (
-    "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn", "retinanet_resnet50_fpn",
-)
-SEGMENTATION_MODELS = (
-    "maskrcnn_resnet18_fpn", "maskrcnn_resnet34_fpn", "maskrcnn_resnet50_fpn",
-    "maskrcnn_resnet101_fpn", "maskrcnn_resnet152_fpn",
-)
-DETECTION_MODELS = ("yolov5", *RCNN_DETECTION_MODELS)
-
-_MODEL_NAMES = {
-    Task.CLASSIFICATION: CLASSIFICATION_MODELS,
-    Task.MULTILABEL: CLASSIFICATION_MODELS,
-    Task.OBJECT_DETECTION: DETECTION_MODELS,
-    Task.INSTANCE_SEGMENTATION: SEGMENTATION_MODELS,
-}
 # The current how-to guide marks these as defaults; the older hyperparameter table said
 # seresnext and fasterrcnn_resnet50_fpn. The newer page wins (docs/models.md).
 _DEFAULT_MODEL = {

@@ -42,6 +42,11 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     Image.DecompressionBombError)
 
 
+def describe_decode_error(error: BaseException) -> str:
+    """How a decoding failure is reported: the error's type and message."""
+    return f"{type(error).__name__}: {error}"
+
+
 class ImageTooLarge(ValueError):
     """An image has more pixels than ``limit``, the value of the setting ``limit_name``; raised before it
     is decoded. ``size`` is None when PIL refused to open it at all."""

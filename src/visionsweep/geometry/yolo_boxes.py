@@ -14,7 +14,7 @@ MAX_DETECTIONS = 300
 
 
 class Letterboxed(Protocol):
-    """What un-letterboxing needs (``visionsweep.data.yolo_pipeline.LetterboxInfo`` has it):
+    """What un-letterboxing needs (``visionsweep.families.yolo.pipeline.LetterboxInfo`` has it):
     an original point (x, y) sits at (x * scale[0] + pad[0], y * scale[1] + pad[1]) in the input."""
 
     original_size: tuple[int, int]

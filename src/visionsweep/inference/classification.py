@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
-from visionsweep.data import report as reasons
-from visionsweep.data.classification import ClassificationDataset, collate_classification, validation_transform
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
+from visionsweep.families.classification import ImageScores
+from visionsweep.families.classification.dataset import ClassificationDataset
 from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import (
@@ -29,9 +28,8 @@ from visionsweep.inference.prediction_files import (
     reject_line,
     scoring_summary,
 )
+from visionsweep.inference.predictor import Predictor
 from visionsweep.tasks import Task
-from visionsweep.training.classification import ClassificationOps
-from visionsweep.training.environment import make_loader
 
 
 def predict_probabilities(trained: TrainedModel, records: Sequence[ImageRecord],
@@ -41,29 +39,12 @@ def predict_probabilities(trained: TrainedModel, records: Sequence[ImageRecord],
     Images that fail to decode are left out and added to ``report``; with ``ignore_data_errors``
     false in the model's settings, the first one is an error.
     """
-    settings = trained.settings
-    dataset = ClassificationDataset(records, trained.labels,
-                                    validation_transform(settings.valid_resize_size, settings.valid_crop_size),
-                                    trained.task.is_multilabel)
-    loader = make_loader(dataset, settings.validation_batch_size, shuffle=False, num_workers=settings.num_workers,
-                         collate_fn=collate_classification, device=trained.device, seed=None)
-    failed: set[int] = set()
-
-    def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
-        for index, error in failures:
-            failed.add(index)
-            report.skip_kept(records[index].location, reasons.UNREADABLE_IMAGE, error,
-                             records[index].image_url)
-            if not settings.ignore_data_errors:
-                raise DataError(f"image {records[index].image_path} could not be read: {error}")
-
-    ops = ClassificationOps(classes=trained.labels, multilabel=trained.task.is_multilabel, device=trained.device,
-                            weights=None, primary_metric=settings.primary_metric, track_training_metrics=False,
-                            on_failures=on_failures)
-    with torch.no_grad():
-        probabilities, targets = ops.predict(trained.model, loader, stage="prediction")
-    kept = [r for i, r in enumerate(records) if i not in failed]
-    return kept, probabilities, targets
+    scores: list[ImageScores] = list(Predictor(trained, records, report))
+    if not scores:
+        empty = np.zeros((0, len(trained.labels)), dtype=np.float32)
+        return [], empty, (empty.copy() if trained.task.is_multilabel else np.zeros(0, dtype=np.int64))
+    return ([records[s.index] for s in scores], np.stack([s.probabilities for s in scores]),
+            np.stack([s.target for s in scores]))
 
 
 def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> Iterator[dict[str, Any]]:

@@ -11,91 +11,37 @@ Instance segmentation adds ``"polygon": [[x1, y1, x2, y2, ...], ...]`` to each b
 ``max_number_of_polygon_points`` points, normalised like the boxes (``geometry/masks.py``). With
 ``export_as_image`` each mask is also written as an image (``inference/mask_images.py`` names the files).
 
-Coordinates are fractions of the image width and height (the model's frame, normalised by its own size,
-which equals normalising the original image's pixels). Boxes come sorted by descending score, at most
-``box_detections_per_img`` of them, each scoring above ``box_score_thresh``; both, and ``nms_iou_thresh``,
-can be overridden at prediction time. Images that cannot be read get no line (they are reported).
+Coordinates are fractions of the image width and height (the frame a family predicts in, normalised by
+its own size, which equals normalising the original image's pixels). Boxes come sorted by descending
+score, each scoring above ``box_score_thresh``; that, ``nms_iou_thresh`` and the R-CNN family's
+``box_detections_per_img`` can be overridden at prediction time. YOLOv5 reads each image upright,
+resizes its longer side to ``img_size`` (overridable too) and letterboxes it to a square; its boxes go
+through the score filter (objectness and objectness x class probability above ``box_score_thresh``),
+class-aware NMS and a cap of 300 boxes, then back to original pixels. Images that cannot be read get no
+line (they are reported).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from visionsweep.data import report as reasons
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
-from visionsweep.data.tiling import Tiling
 from visionsweep.errors import DataError
 from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
-from visionsweep.inference.inputs import known_class_records
 from visionsweep.geometry.masks import mask_polygons, pixel_segments, polygons_to_rles
+from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.mask_images import export_mask_images
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import match_prediction_lines, reject_line, scoring_summary
-from visionsweep.models.detection import label_offset
+from visionsweep.inference.predictor import Predictor
 from visionsweep.tasks import Task
-from visionsweep.training.detection import DetectionDataset, DetectionOps, Target, collate_detection
-from visionsweep.training.environment import make_loader
-from visionsweep.training.segmentation import SegmentationDataset
-from visionsweep.training.tiling import TileGroupDataset, TiledDetectionOps, collate_tile_groups
 
 BOX_KEYS = ("topX", "topY", "bottomX", "bottomY")
-
-
-@dataclass(frozen=True)
-class ImageDetections:
-    """What the model found in one image: ``predictions`` boxes (K, 4) pixels of the model frame,
-    ``labels`` (K,) dataset class indices, ``scores`` (K,) (Mask R-CNN: and ``masks`` (K, 1, H, W)
-    probabilities); ``target`` the labelled objects in the same frame (with ``masks`` for segmentation);
-    sizes as (width, height)."""
-
-    record: ImageRecord
-    predictions: dict[str, torch.Tensor]
-    target: Target
-    frame_size: tuple[int, int]
-    original_size: tuple[int, int]
-
-
-def detect(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> Iterator[ImageDetections]:
-    """Run the detector over ``records`` in order. Images that fail to decode are skipped into ``report``;
-    with ``ignore_data_errors`` false in the model's settings the first one is an error."""
-    settings = trained.settings
-    size = dict(min_size=settings.min_size, max_size=settings.max_size)
-    tiling = Tiling.from_settings(settings)
-    if tiling is None:
-        dataset = DetectionDataset(records, trained.labels, augment=False, **size)
-        collate, ops_type, batch_size = collate_detection, DetectionOps, settings.validation_batch_size
-    else:  # each image with every tile; predictions come back merged, one per image (training/tiling.py)
-        dataset = TileGroupDataset(records, trained.labels, tiling, every_tile=True, **size)
-        collate, ops_type = collate_tile_groups, partial(TiledDetectionOps, tiling=tiling)
-        batch_size = tiling.images_per_batch(settings.validation_batch_size)
-    if trained.task is Task.INSTANCE_SEGMENTATION:  # targets with masks, for scoring with mask IoU
-        dataset = SegmentationDataset(records, trained.labels, augment=False, **size)
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=settings.num_workers,
-                         collate_fn=collate, device=trained.device, seed=None)
-
-    def on_failures(failures: list[tuple[int, str]], stage: str) -> None:
-        for index, error in failures:
-            report.skip_kept(records[index].location, reasons.UNREADABLE_IMAGE, error,
-                             records[index].image_url)
-            if not settings.ignore_data_errors:
-                raise DataError(f"image {records[index].image_path} could not be read: {error}")
-
-    ops = ops_type(classes=trained.labels, label_offset=label_offset(trained.model_name), device=trained.device,
-                   metric_type="none", iou_threshold=settings.validation_iou_threshold, validation_loss=False,
-                   track_training_metrics=False, on_failures=on_failures)
-    trained.model.eval()
-    with torch.no_grad():
-        for batch, predictions in ops.predict(trained.model, loader, stage="prediction"):
-            for position, index in enumerate(batch.indices.tolist()):
-                yield ImageDetections(records[index], predictions[position], batch.targets[position],
-                                      batch.image_sizes[position], batch.original_sizes[position])
 
 
 def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport, *,
@@ -107,17 +53,17 @@ def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report:
     ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``mask_images.mask_image_path``).
     """
     settings = trained.settings
-    segmentation = trained.task is Task.INSTANCE_SEGMENTATION
-    for found in detect(trained, records, report):
-        line = prediction_line(found.record.image_url, found.predictions, trained.labels, found.frame_size)
-        if segmentation:
+    for found in Predictor(trained, records, report):
+        image_url = records[found.index].image_url
+        line = prediction_line(image_url, found.predictions, trained.labels, found.frame_size)
+        if "masks" in found.predictions:
             masks = (found.predictions["masks"][:, 0] > settings.mask_pixel_score_threshold).numpy()
             polygons = mask_polygons(masks, max_points=settings.max_number_of_polygon_points,
                                      frame_size=found.frame_size)
             for item, polygon in zip(line["boxes"], polygons):
                 item["polygon"] = polygon
             if settings.export_as_image:
-                export_mask_images(Path("masks") if mask_dir is None else Path(mask_dir), found.record.image_url,
+                export_mask_images(Path("masks") if mask_dir is None else Path(mask_dir), image_url,
                                    masks, [item["label"] for item in line["boxes"]],
                                    [item["score"] for item in line["boxes"]], settings.image_type)
         yield line
@@ -143,17 +89,17 @@ def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report
     if not scorable:
         raise DataError(f"no labelled image uses only the model's classes ({', '.join(trained.labels)})")
     settings = trained.settings
-    segmentation = trained.task is Task.INSTANCE_SEGMENTATION
+    predictor = Predictor(trained, scorable, report)
     evaluation = DetectionEvaluation(trained.labels,
                                      "voc" if settings.validation_metric_type == "none"
                                      else settings.validation_metric_type,
                                      iou_threshold=settings.validation_iou_threshold,
-                                     iou_type="segm" if segmentation else "bbox")
+                                     iou_type=predictor.family.iou_type)
     images = 0
     # Image by image: the evaluators keep outcomes (VOC) or RLE masks (COCO), never soft masks.
-    for found in detect(trained, scorable, report):
+    for found in predictor:
         predictions = found.predictions
-        if segmentation:
+        if "masks" in predictions:
             predictions = dict(predictions, masks=predictions["masks"][:, 0] > settings.mask_pixel_score_threshold)
         evaluation.add([predictions], [found.target], image_sizes=[found.frame_size],
                        original_sizes=[found.original_size])
@@ -178,7 +124,7 @@ def score_prediction_file(predictions: str | Path, records: Sequence[ImageRecord
     rasterised at the image's own size (segments XOR-combined, one object at a time) and matched on
     mask IoU.
     """
-    segmentation = task is Task.INSTANCE_SEGMENTATION
+    segmentation = task.predicts_masks
     parsed: list[tuple[ImageRecord, tuple[np.ndarray, list[str], np.ndarray], list[list[list[float]]]]] = []
     for pair in match_prediction_lines(predictions, records, report, predictions_report):
         try:

@@ -13,8 +13,8 @@ from visionsweep.errors import CheckpointError
 from visionsweep.models import build_model, get_model_spec
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.training.checkpoint import BEST_MODEL_FILE, load_checkpoint
-from visionsweep.training.environment import select_device
+from visionsweep.checkpoint import BEST_MODEL_FILE, load_checkpoint
+from visionsweep.devices import select_device
 
 log = logging.getLogger(__name__)
 

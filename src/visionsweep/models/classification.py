@@ -32,7 +32,7 @@ def _timm(name: str) -> WeightsSource:
 
 def _resnet(name: str, weights: Any):
     def register(builder):
-        return register_model(name, task_family="classification", layer_groups=_RESNET_GROUPS,
+        return register_model(name, layer_groups=_RESNET_GROUPS,
                               weights=_torchvision(weights), head_prefixes=("fc.",))(builder)
     return register
 
@@ -62,20 +62,20 @@ def resnet152(num_classes: int) -> nn.Module:
     return tvm.resnet152(num_classes=num_classes)
 
 
-@register_model("mobilenetv2", task_family="classification", layer_groups=_MOBILENET_GROUPS,
+@register_model("mobilenetv2", layer_groups=_MOBILENET_GROUPS,
                 weights=_torchvision(tvm.MobileNet_V2_Weights.IMAGENET1K_V1), head_prefixes=("classifier.",))
 def mobilenetv2(num_classes: int) -> nn.Module:
     return tvm.mobilenet_v2(num_classes=num_classes)
 
 
 # ResNeSt-50/101 as in the resnest package: deep stem and average-pool downsampling (timm's "d" and "e").
-@register_model("resnest50", task_family="classification", layer_groups=_RESNET_GROUPS,
+@register_model("resnest50", layer_groups=_RESNET_GROUPS,
                 weights=_timm("resnest50d"), head_prefixes=("fc.",))
 def resnest50(num_classes: int) -> nn.Module:
     return timm.create_model("resnest50d", num_classes=num_classes)
 
 
-@register_model("resnest101", task_family="classification", layer_groups=_RESNET_GROUPS,
+@register_model("resnest101", layer_groups=_RESNET_GROUPS,
                 weights=_timm("resnest101e"), head_prefixes=("fc.",))
 def resnest101(num_classes: int) -> nn.Module:
     return timm.create_model("resnest101e", num_classes=num_classes)
@@ -83,7 +83,7 @@ def resnest101(num_classes: int) -> nn.Module:
 
 # SE-ResNeXt-50 32x4d. timm names the stem conv1/bn1 where the reference's library said layer0; timm's
 # global pooling also takes any input size, where the reference was fixed to 224.
-@register_model("seresnext", task_family="classification", layer_groups=_RESNET_GROUPS,
+@register_model("seresnext", layer_groups=_RESNET_GROUPS,
                 weights=_timm("seresnext50_32x4d"), head_prefixes=("fc.",))
 def seresnext(num_classes: int) -> nn.Module:
     return timm.create_model("seresnext50_32x4d", num_classes=num_classes)
@@ -100,7 +100,7 @@ def _vit_state_for_size(state: dict[str, Any], model: nn.Module) -> dict[str, An
 
 def _vit(name: str, timm_name: str):
     def register(builder):
-        return register_model(name, task_family="classification", layer_groups=_VIT_GROUPS,
+        return register_model(name, layer_groups=_VIT_GROUPS,
                               weights=_timm(timm_name), head_prefixes=("head.",),
                               adapt_pretrained=_vit_state_for_size)(builder)
     return register

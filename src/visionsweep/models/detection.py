@@ -5,7 +5,7 @@ from torchvision parts the way the reference builds them (spec 2.1-2.6).
 Contract of every model built here:
 
 * Input: a list of (3, H, W) float tensors that are ALREADY resized (``min_size`` / ``max_size`` rule)
-  and normalised with the ImageNet mean and std, as ``visionsweep.training.detection.prepare_image``
+  and normalised with the ImageNet mean and std, as ``visionsweep.families.rcnn.transforms.prepare_image``
   does in the data loader (the reference moved both steps out of the model). The model only pads
   the batch to a common size divisible by 32.
 * Training mode, with targets ``{"boxes": (N, 4) float x0, y0, x1, y1 pixels of the input frame,
@@ -47,7 +47,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from visionsweep.data.classification import IMAGENET_MEAN, IMAGENET_STD
+from visionsweep.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from visionsweep.models.registry import register_model
 from visionsweep.models.weights import WeightsSource
 
@@ -190,7 +190,7 @@ def _faster_rcnn_builder(depth: int):
 for _depth in RESNET_DEPTHS:
     _name = f"fasterrcnn_resnet{_depth}_fpn"
     _source = _coco(tvm.detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1) if _depth == 50 else _imagenet(_depth)
-    register_model(_name, task_family="detection", layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
+    register_model(_name, layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
                    head_prefixes=FASTER_RCNN_HEAD, adapt_pretrained=backbone_state)(_faster_rcnn_builder(_depth))
     _LABEL_OFFSETS[_name] = 1
 
@@ -212,12 +212,12 @@ def _mask_rcnn_builder(depth: int):
 for _depth in RESNET_DEPTHS:
     _name = f"maskrcnn_resnet{_depth}_fpn"
     _source = _coco(tvm.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1) if _depth == 50 else _imagenet(_depth)
-    register_model(_name, task_family="segmentation", layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
+    register_model(_name, layer_groups=RESNET_BACKBONE_GROUPS, weights=_source,
                    head_prefixes=MASK_RCNN_HEAD, adapt_pretrained=backbone_state)(_mask_rcnn_builder(_depth))
     _LABEL_OFFSETS[_name] = 1
 
 
-@register_model("retinanet_resnet50_fpn", task_family="detection", layer_groups=RESNET_BACKBONE_GROUPS,
+@register_model("retinanet_resnet50_fpn", layer_groups=RESNET_BACKBONE_GROUPS,
                 weights=_coco(tvm.detection.RetinaNet_ResNet50_FPN_Weights.COCO_V1), head_prefixes=RETINANET_HEAD,
                 adapt_pretrained=backbone_state)
 def retinanet_resnet50_fpn(num_classes: int, *, min_size: int = 600, max_size: int = 1333,

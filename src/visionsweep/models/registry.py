@@ -1,8 +1,9 @@
-"""One registry from ``model_name`` to its builder, layer groups and pretrained weights.
+"""One registry from ``model_name`` to its family, builder, layer groups and pretrained weights.
 
 A builder is a function decorated with ``register_model``. Its keyword arguments are named like
 the settings they take (``valid_crop_size``, ``min_size`` ...), so ``create_model`` can hand each
-builder exactly the settings it asks for and nothing else.
+builder exactly the settings it asks for and nothing else. The name and its family come from the
+catalog (``visionsweep.model_catalog``); a name can be registered once.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from visionsweep.errors import SettingsError
+from visionsweep.model_catalog import FAMILY_TASKS, MODEL_FAMILIES
 from visionsweep.models.freezing import freeze_layer_groups
 from visionsweep.models.weights import WeightsSource, load_pretrained
 from visionsweep.tasks import Task
@@ -35,7 +37,7 @@ class ModelSpec:
     """
 
     name: str
-    task_family: str  # "classification", "detection" or "segmentation"
+    family: str  # a family of ``model_catalog``: classification, rcnn, mask_rcnn or yolov5
     builder: Builder
     layer_groups: tuple[tuple[str, ...], ...]
     weights: WeightsChoice
@@ -45,35 +47,35 @@ class ModelSpec:
 
     @property
     def tasks(self) -> tuple[Task, ...]:
-        return _FAMILY_TASKS[self.task_family]
+        return FAMILY_TASKS[self.family]
 
     def weights_source(self, settings: Mapping[str, Any]) -> WeightsSource | None:
         """The pretrained weights a model built with these settings starts from (None: none published)."""
         return self.weights(settings) if callable(self.weights) else self.weights
 
 
-_FAMILY_TASKS = {
-    "classification": (Task.CLASSIFICATION, Task.MULTILABEL),
-    "detection": (Task.OBJECT_DETECTION,),
-    "segmentation": (Task.INSTANCE_SEGMENTATION,),
-}
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
     name: str,
     *,
-    task_family: str,
     layer_groups: tuple[tuple[str, ...], ...],
     weights: WeightsChoice = None,
     head_prefixes: tuple[str, ...] = (),
     adapt_pretrained: StateAdapter | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Register ``builder(num_classes, **settings_it_needs) -> nn.Module`` under ``name``."""
+    """Register ``builder(num_classes, **settings_it_needs) -> nn.Module`` under ``name``, a name of the
+    catalog; registering a name twice is an error (the second would silently replace the first)."""
+    if name not in MODEL_FAMILIES:
+        raise ValueError(f"register_model: {name!r} is not in the model catalog; add it with its family to "
+                         "visionsweep/model_catalog.py")
+    if name in _REGISTRY:
+        raise ValueError(f"register_model: {name!r} is registered already")
 
     def decorate(builder: Builder) -> Builder:
         parameters = list(inspect.signature(builder).parameters)
-        _REGISTRY[name] = ModelSpec(name, task_family, builder, layer_groups, weights, head_prefixes,
+        _REGISTRY[name] = ModelSpec(name, MODEL_FAMILIES[name], builder, layer_groups, weights, head_prefixes,
                                     adapt_pretrained, tuple(parameters[1:]))
         return builder
 

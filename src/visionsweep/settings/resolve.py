@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 from pydantic import ValidationError
 
 from visionsweep.errors import SettingsError
+from visionsweep.model_catalog import model_names
 from visionsweep.json_files import DuplicateJsonKeyError, parse_json
 from visionsweep.settings.defaults import cpu_count, task_model_defaults
 from visionsweep.settings.schema import Settings, combination_problems, scope_of
@@ -61,8 +62,8 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
     given.pop("task", None)
 
     model_name = given.get("model_name", task.default_model)
-    if model_name not in task.model_names:
-        problems.append(f"model_name: got {model_name!r}; allowed for {task}: {', '.join(task.model_names)}")
+    if model_name not in model_names(task):
+        problems.append(f"model_name: got {model_name!r}; allowed for {task}: {', '.join(model_names(task))}")
         model_name = task.default_model  # keep validating the other keys against the default model
     for key in list(given):
         scope = scope_of(key)

@@ -13,7 +13,11 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from visionsweep.tasks import RCNN_DETECTION_MODELS, SEGMENTATION_MODELS, VIT_MODELS, Task
+from visionsweep.model_catalog import FIXED_INPUT_SIZE_MODELS, MASK_RCNN, RCNN, YOLOV5, models_of
+from visionsweep.tasks import Task
+
+RCNN_MODELS = models_of(RCNN, MASK_RCNN)
+YOLO_MODELS = models_of(YOLOV5)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -244,7 +248,7 @@ def combination_problems(s: Settings) -> list[str]:
             problems.append(
                 f"valid_crop_size ({s.valid_crop_size}) is larger than valid_resize_size ({s.valid_resize_size}); "
                 "the centre crop must fit inside the resized image")
-        if s.model_name in VIT_MODELS and s.train_crop_size != s.valid_crop_size:
+        if s.model_name in FIXED_INPUT_SIZE_MODELS and s.train_crop_size != s.valid_crop_size:
             problems.append(
                 f"{s.model_name} needs train_crop_size == valid_crop_size (got {s.train_crop_size} and "
                 f"{s.valid_crop_size}): the position embedding is built for one input size")
@@ -254,10 +258,10 @@ def combination_problems(s: Settings) -> list[str]:
                         "from scratch; remove pretrained_weights, or set pretrained=true to start from the file")
     if s.optimizer == "sgd" and s.nesterov and s.momentum == 0:
         problems.append("nesterov=true needs momentum > 0 with optimizer sgd; set nesterov=false or raise momentum")
-    if s.task in (Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION) and s.model_name != "yolov5":
+    if s.model_name in RCNN_MODELS:
         if s.max_size < s.min_size:
             problems.append(f"max_size ({s.max_size}) is smaller than min_size ({s.min_size})")
-    if s.model_name == "yolov5" and s.img_size % 32:
+    if s.model_name in YOLO_MODELS and s.img_size % 32:
         up = -(-s.img_size // 32) * 32
         problems.append(f"img_size must be a multiple of 32 (the largest YOLOv5 stride); got {s.img_size}, try {up}")
     if s.tile_grid_size is not None:
@@ -272,9 +276,6 @@ def combination_problems(s: Settings) -> list[str]:
 
 CLASSIFICATION_TASKS = frozenset({Task.CLASSIFICATION, Task.MULTILABEL})
 DETECTION_TASKS = frozenset({Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION})
-RCNN_MODELS = frozenset(RCNN_DETECTION_MODELS + SEGMENTATION_MODELS)
-
-
 @dataclass(frozen=True)
 class Scope:
     """The tasks (and, optionally, models) for which a key means something."""
@@ -299,7 +300,7 @@ _ALL = Scope(frozenset(Task))
 _CLS = Scope(CLASSIFICATION_TASKS)
 _RCNN = Scope(DETECTION_TASKS, RCNN_MODELS, "the R-CNN family (fasterrcnn_*, retinanet_*, maskrcnn_*)")
 _DETECTORS = Scope(DETECTION_TASKS)
-_YOLO = Scope(frozenset({Task.OBJECT_DETECTION}), frozenset({"yolov5"}), "model_name yolov5")
+_YOLO = Scope(frozenset({Task.OBJECT_DETECTION}), YOLO_MODELS, "model_name yolov5")
 _TILING = Scope(frozenset({Task.OBJECT_DETECTION}))
 _SEGMENTATION = Scope(frozenset({Task.INSTANCE_SEGMENTATION}))
 

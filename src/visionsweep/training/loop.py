@@ -1,7 +1,7 @@
 """The training loop shared by every task.
 
-The task-specific part is a ``TaskOps`` object: how one batch turns into a loss, and how a
-validation pass turns into metrics. The loop owns everything else: epochs, gradient accumulation,
+The model-specific part is a ``ModelFamily`` (``visionsweep.families.base``): how one batch turns into
+a loss, and how a validation pass turns into metrics. The loop owns everything else: epochs, gradient accumulation,
 clipping, mixed precision on CUDA, the learning-rate schedule, evaluation frequency, early
 stopping, tracking the best epoch, and calling ``on_epoch_end`` (which writes metrics and
 checkpoints, and can stop the run).
@@ -16,41 +16,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from visionsweep.errors import TrainingError
+from visionsweep.families.base import ModelFamily
 from visionsweep.models.freezing import train_mode
 from visionsweep.training.early_stopping import EarlyStopping
 from visionsweep.training.schedulers import Schedule
-
-
-class TaskOps:
-    """What the loop needs to know about a task. Subclasses implement the first three methods;
-    the hooks after them have defaults that suit most models."""
-
-    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int] | None:
-        """The mean loss of one batch and its number of images; None skips a batch with no usable image."""
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
-        """Metrics of a full validation pass (the model is already in eval mode, gradients off)."""
-        raise NotImplementedError
-
-    def training_metrics(self) -> dict[str, float]:
-        """Metrics gathered on the training batches of the epoch just finished (may be empty)."""
-        return {}
-
-    def after_optimizer_step(self, model: nn.Module) -> None:
-        """Called after every optimizer step (e.g. to update an exponential moving average)."""
-
-    def weights_to_keep(self, model: nn.Module) -> nn.Module:
-        """The network that is evaluated, kept as the best epoch and saved: ``model`` itself, or for
-        example its moving average."""
-        return model
 
 
 @dataclass(frozen=True)
@@ -98,7 +74,7 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    ops: TaskOps,
+    family: ModelFamily,
     train_loader: Any,
     val_loader: Any,
     optimizer: torch.optim.Optimizer,
@@ -110,8 +86,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` and leave the weights of the best epoch in it.
 
-    ``on_epoch_end(report, model)`` runs after every epoch with the weights ``ops`` keeps (see
-    ``TaskOps.weights_to_keep``); returning True cancels the run (it still ends with the best
+    ``on_epoch_end(report, model)`` runs after every epoch with the weights ``family`` keeps (see
+    ``ModelFamily.weights_to_keep``); returning True cancels the run (it still ends with the best
     weights loaded). The best epoch's weights are kept in memory so that the
     model handed back, and everything exported from it, is the best epoch rather than the last.
     """
@@ -126,18 +102,18 @@ def fit(
     epoch = 0
     for epoch in range(1, config.number_of_epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, ops, train_loader, optimizer, schedule, scaler, accumulation, config,
+        train_loss = _train_epoch(model, family, train_loader, optimizer, schedule, scaler, accumulation, config,
                                   epoch, use_amp)
         report = EpochReport(epoch=epoch, train_loss=train_loss, learning_rate=schedule.learning_rate,
-                             duration_s=0.0, evaluated=False, training_metrics=ops.training_metrics(),
+                             duration_s=0.0, evaluated=False, training_metrics=family.training_metrics(),
                              train_duration_s=time.perf_counter() - started)
         schedule.after_epoch()
         last = epoch == config.number_of_epochs
-        kept = ops.weights_to_keep(model)
+        kept = family.weights_to_keep(model)
         if (epoch - 1) % config.evaluation_frequency == 0 or last:
             kept.eval()
             with torch.no_grad(), torch.autocast(device.type, enabled=use_amp):
-                report.metrics = ops.evaluate(kept, val_loader)
+                report.metrics = family.evaluate(kept, val_loader)
             report.evaluated = True
             report.primary_value = float(report.metrics[config.primary_metric])
             report.is_best = stopper.update(epoch, report.primary_value)
@@ -162,7 +138,7 @@ def fit(
                      best_metrics=best_metrics)
 
 
-def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, config, epoch, use_amp) -> float:
+def _train_epoch(model, family, loader, optimizer, schedule, scaler, accumulation, config, epoch, use_amp) -> float:
     train_mode(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = next(iter(parameters)).device
@@ -179,7 +155,7 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
     last = len(loader) - 1
     for index, batch in enumerate(loader):
         with torch.autocast("cuda", enabled=use_amp):
-            step = ops.train_step(model, batch)
+            step = family.train_step(model, batch)
         if step is not None:
             loss, images = step
             detached = loss.detach().float()
@@ -197,7 +173,7 @@ def _train_epoch(model, ops, loader, optimizer, schedule, scaler, accumulation, 
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_optimizer_step()
-            ops.after_optimizer_step(model)
+            family.after_optimizer_step(model)
         if images_seen and (index % _CHECK_EVERY == _CHECK_EVERY - 1 or index == last):
             highest = worst.item()
             if not math.isfinite(highest) or highest > config.max_loss:

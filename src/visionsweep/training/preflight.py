@@ -17,8 +17,8 @@ from visionsweep.models import get_model_spec
 from visionsweep.models.freezing import layers_to_freeze_problem
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task, parse_task
-from visionsweep.training.checkpoint import incremental_checkpoint_path
-from visionsweep.training.environment import device_problem, select_device, visible_gpu_count
+from visionsweep.checkpoint import incremental_checkpoint_path
+from visionsweep.devices import device_problem, select_device, visible_gpu_count
 
 log = logging.getLogger(__name__)
 

@@ -25,48 +25,34 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from visionsweep.data import report as reasons
-from visionsweep.data.jsonl import write_jsonl
-from visionsweep.data.loading import TrainingData
-from visionsweep.data.report import DataReport
-from visionsweep.errors import DataError, VisionSweepError
-from visionsweep.evaluation.classification import scalar_metrics
-from visionsweep.models import build_model, get_model_spec
-from visionsweep.settings import Settings, resolve_settings
-from visionsweep.tasks import Task, parse_task
-from visionsweep.training.checkpoint import (
+from visionsweep.checkpoint import (
     BEST_MODEL_FILE,
     incremental_checkpoint_path,
     load_for_incremental_training,
     save_checkpoint,
 )
-from visionsweep.training.classification import classification_pipeline
-from visionsweep.training.detection import detection_pipeline
-from visionsweep.training.segmentation import segmentation_pipeline
-from visionsweep.training.environment import seed_everything
+from visionsweep.data.failures import UnreadableImages
+from visionsweep.data.jsonl import write_jsonl
+from visionsweep.data.loading import TrainingData
+from visionsweep.data.report import DataReport
+from visionsweep.devices import seed_everything
+from visionsweep.errors import VisionSweepError
+from visionsweep.evaluation.classification import scalar_metrics
+from visionsweep.families.base import ModelFamily, RunLoaders
+from visionsweep.families.selection import family_for
+from visionsweep.models import build_model, get_model_spec
+from visionsweep.settings import Settings, resolve_settings
+from visionsweep.tasks import Task, parse_task
 from visionsweep.training.loop import EpochReport, LoopConfig, fit
-from visionsweep.training.preflight import prepare_run
 from visionsweep.training.optim import build_optimizer
+from visionsweep.training.preflight import prepare_run
 from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 from visionsweep.training.schedulers import Schedule
-from visionsweep.training.yolo import yolo_pipeline
 from visionsweep.utils import json_ready, write_json
 
 log = logging.getLogger("visionsweep")
 
 EpochCallback = Callable[[EpochReport], bool | None]
-
-# task -> function(settings, train_records, val_records, classes, device, on_failures)
-#         returning (train_loader, val_loader, TaskOps)
-_PIPELINES: dict[Task, Callable[..., tuple[Any, Any, Any]]] = {
-    Task.CLASSIFICATION: classification_pipeline,
-    Task.MULTILABEL: classification_pipeline,
-    Task.OBJECT_DETECTION: detection_pipeline,
-    Task.INSTANCE_SEGMENTATION: segmentation_pipeline,
-}
-# Models whose pipeline differs from their task's, by model_name (same signature).
-_MODEL_PIPELINES: dict[str, Callable[..., tuple[Any, Any, Any]]] = {"yolov5": yolo_pipeline}
-
 
 @dataclass
 class TrainResult:
@@ -105,8 +91,6 @@ def train(
     run is refused unless ``overwrite``, which replaces that run's files (``run_folder.RUN_FILES``).
     """
     task = parse_task(task)
-    if task not in _PIPELINES:
-        raise NotImplementedError(f"training for {task} is not implemented yet")
     if not isinstance(settings, Settings):
         settings = resolve_settings(task, settings)
     run_dir = Path(output) if output is not None else _default_run_dir(settings)
@@ -119,8 +103,10 @@ def train(
         seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
-        runtime = _RuntimeFailures(data_, settings.ignore_data_errors)
-        training = _prepare(task, settings, data_, device, runtime, progress)
+        runtime = UnreadableImages({"training": data_.train, "validation": data_.validation},
+                                   DataReport(source="images that failed to decode during the run"),
+                                   ignore_data_errors=settings.ignore_data_errors, kept=False)
+        training = _prepare(settings, data_, device, runtime, progress)
         clear_run_folder(run_dir)
         run_log.start_file(run_dir / "train.log")
         write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
@@ -137,15 +123,14 @@ class _Training:
     """Everything ``fit`` needs, built (and so checked) before the run folder is written."""
 
     model: nn.Module
-    ops: Any
-    train_loader: Any
-    val_loader: Any
+    family: ModelFamily
+    loaders: RunLoaders
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     config: LoopConfig
 
 
-def _prepare(task: Task, settings: Settings, data: TrainingData, device: torch.device, runtime: "_RuntimeFailures",
+def _prepare(settings: Settings, data: TrainingData, device: torch.device, runtime: UnreadableImages,
              progress: bool) -> _Training:
     spec = get_model_spec(settings.model_name)
     model = build_model(spec, len(data.classes), settings.model_dump(), pretrained=settings.pretrained,
@@ -155,14 +140,14 @@ def _prepare(task: Task, settings: Settings, data: TrainingData, device: torch.d
         loaded = load_for_incremental_training(model, settings.model_name, checkpoint)
         log.info("incremental training: %d tensors loaded from %s", len(loaded), checkpoint)
     model.to(device)
-    pipeline = _MODEL_PIPELINES.get(settings.model_name, _PIPELINES[task])
-    train_loader, val_loader, ops = pipeline(settings, data.train, data.validation, data.classes, device,
-                                             runtime.record)
+    family = family_for(settings, data.classes, device, runtime)
+    loaders = family.training_loaders(data.train, data.validation)
     optimizer = build_optimizer(model, settings.optimizer, learning_rate=settings.learning_rate,
                                 weight_decay=settings.weight_decay, momentum=settings.momentum,
                                 nesterov=settings.nesterov, beta1=settings.beta1, beta2=settings.beta2,
                                 amsgrad=settings.amsgrad)
-    steps_per_epoch = math.ceil(len(train_loader) / max(1, min(settings.grad_accumulation_step, len(train_loader))))
+    batches = len(loaders.train)
+    steps_per_epoch = math.ceil(batches / max(1, min(settings.grad_accumulation_step, batches)))
     schedule = Schedule(optimizer, settings.lr_scheduler, steps_per_epoch=steps_per_epoch,
                         epochs=settings.number_of_epochs, warmup_epochs=settings.warmup_cosine_lr_warmup_epochs,
                         cycles=settings.warmup_cosine_lr_cycles, step_size=settings.step_lr_step_size,
@@ -173,7 +158,7 @@ def _prepare(task: Task, settings: Settings, data: TrainingData, device: torch.d
         early_stopping=settings.early_stopping, early_stopping_patience=settings.early_stopping_patience,
         early_stopping_delay=settings.early_stopping_delay, grad_clip_type=settings.grad_clip_type,
         mixed_precision=settings.mixed_precision, progress=progress)
-    return _Training(model, ops, train_loader, val_loader, optimizer, schedule, config)
+    return _Training(model, family, loaders, optimizer, schedule, config)
 
 
 def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData, run_dir: Path,
@@ -182,8 +167,8 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
                               epoch_callback)
     log.info("training %s on %s: %d training and %d validation images, %d classes", settings.model_name, device,
              len(data.train), len(data.validation), len(data.classes))
-    result = fit(training.model, training.ops, training.train_loader, training.val_loader, training.optimizer,
-                 training.schedule, training.config, device=device, on_epoch_end=recorder)
+    result = fit(training.model, training.family, training.loaders.train, training.loaders.validation,
+                 training.optimizer, training.schedule, training.config, device=device, on_epoch_end=recorder)
     model_dir = run_dir / "model"
     if result.best_epoch is None:  # every evaluation was NaN: keep the final weights, say so
         log.warning("no epoch produced a usable %s; the model folder holds the final weights", settings.primary_metric)
@@ -247,30 +232,7 @@ class _EpochRecorder:
                         schedule=self.schedule if with_optimizer else None)
 
 
-class _RuntimeFailures:
-    """Images that passed the up-front check but failed to decode during training or validation."""
-
-    def __init__(self, data: TrainingData, ignore_data_errors: bool):
-        self.records = {"training": data.train, "validation": data.validation}
-        self.ignore = ignore_data_errors
-        self.report = DataReport(source="images that failed to decode during the run")
-        self._seen: set[tuple[str, int]] = set()
-
-    def record(self, failures: list[tuple[int, str]], stage: str) -> None:
-        for index, error in failures:
-            if (stage, index) in self._seen:
-                continue
-            self._seen.add((stage, index))
-            record = self.records[stage][index]
-            self.report.skip(record.location, reasons.UNREADABLE_IMAGE, f"{record.image_path}: {error}",
-                             record.image_url)
-            log.warning("%s image could not be read and is left out: %s (%s)", stage, record.image_path, error)
-            if not self.ignore:
-                raise DataError(f"{stage} image {record.image_path} ({record.location}) could not be read: {error}. "
-                                "Fix or remove it, or set ignore_data_errors=true to skip it.")
-
-
-def _write_data_report(run_dir: Path, data: TrainingData, runtime: _RuntimeFailures) -> None:
+def _write_data_report(run_dir: Path, data: TrainingData, runtime: UnreadableImages) -> None:
     write_json(run_dir / "data_report.json", {
         "sources": [r.to_dict() for r in data.reports],
         "validation_split_from_training": data.split_from_training,

@@ -1,6 +1,6 @@
 """YOLOv5 (release 3.0 architecture), written in the project: network, loss and weight averaging.
 
-The data pipeline is ``visionsweep.data.yolo_pipeline``; decoding of boxes happens in the Detect
+The data pipeline is ``visionsweep.families.yolo.pipeline``; decoding of boxes happens in the Detect
 head, score filtering, NMS and un-letterboxing in ``visionsweep.geometry.yolo_boxes``.
 """
 from visionsweep.models.yolo.ema import ModelEMA

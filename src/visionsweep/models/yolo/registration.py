@@ -10,7 +10,7 @@ from visionsweep.models.yolo.weights import check_release_3_layout, weights_for_
 MODEL_NAME = "yolov5"
 
 
-@register_model(MODEL_NAME, task_family="detection", layer_groups=BACKBONE_LAYER_GROUPS,
+@register_model(MODEL_NAME, layer_groups=BACKBONE_LAYER_GROUPS,
                 weights=weights_for_settings, head_prefixes=HEAD_PREFIXES,
                 adapt_pretrained=check_release_3_layout)
 def yolov5(num_classes: int, model_size: str = "medium") -> YoloV5:

@@ -1,4 +1,4 @@
-"""Classification datasets, transforms and batching.
+"""Classification datasets and batching.
 
 An image that fails to decode while training does not stop the run: the dataset hands back the
 failure, the batch carries it to the main process, and the run reports it (or stops, when
@@ -10,41 +10,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
-from visionsweep.data.images import DECODE_ERRORS, load_record_rgb
+from visionsweep.data.images import DECODE_ERRORS, describe_decode_error, load_record_rgb
 from visionsweep.data.records import ImageRecord
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def training_transform(train_crop_size: int, *, augment: bool = True, resize_ratio: float = 256 / 224) -> Callable:
-    """Random resized crop, horizontal flip and, half of the time, colour jitter; then normalise.
-
-    With ``augment=False`` (``apply_automl_train_augmentations: false``) training images are framed
-    like validation images: the shorter side resized to ``resize_ratio * train_crop_size``, then
-    centre-cropped to ``train_crop_size``.
-    """
-    if not augment:
-        return T.Compose([T.Resize(round(train_crop_size * resize_ratio)), T.CenterCrop(train_crop_size),
-                          *_to_tensor()])
-    jitter = T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4)
-    return T.Compose([
-        T.RandomResizedCrop(train_crop_size),
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([jitter], p=0.5),
-        *_to_tensor(),
-    ])
-
-
-def validation_transform(valid_resize_size: int, valid_crop_size: int) -> Callable:
-    """Resize the shorter side, centre-crop, normalise: validation, evaluation and prediction."""
-    return T.Compose([T.Resize(valid_resize_size), T.CenterCrop(valid_crop_size), *_to_tensor()])
-
-
-def _to_tensor() -> list[Callable]:
-    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 class ClassificationBatch(NamedTuple):
@@ -82,7 +50,7 @@ class ClassificationDataset(Dataset):
         try:
             image = load_record_rgb(self.records[index])
         except DECODE_ERRORS as error:
-            return index, None, None, f"{type(error).__name__}: {error}"
+            return index, None, None, describe_decode_error(error)
         return index, self.transform(image), self.target(index), None
 
 

@@ -1,0 +1,86 @@
+"""The contract every model family meets, and what the training loop and inference rely on.
+
+A family (classification, R-CNN, YOLOv5) knows how its models see data: how records become batches,
+what one training step and a validation pass compute, and how a batch becomes one prediction record
+per image. Everything else (epochs, optimiser steps, schedules, early stopping, checkpoints, sweeps,
+prediction files) is family-agnostic and talks to a family only through ``ModelFamily``.
+
+A family object is made for one run or one loaded model (``visionsweep.families.selection``); it
+holds that run's settings, classes, device and failure sink.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from visionsweep.data.records import ImageRecord
+
+# Called with (dataset index, error) pairs of the images of a batch that could not be decoded, and the
+# stage ("training", "validation" or "prediction"); ``visionsweep.data.failures.UnreadableImages`` is one.
+FailureSink = Callable[[list[tuple[int, str]], str], None]
+
+Prediction = TypeVar("Prediction")
+
+
+@dataclass(frozen=True)
+class RunLoaders:
+    """The two loaders of a training run."""
+
+    train: DataLoader
+    validation: DataLoader
+
+
+class ModelFamily(ABC, Generic[Prediction]):
+    """How one family of models is fed, trained, validated and asked for predictions.
+
+    Subclasses implement the abstract methods; the hooks after them have defaults that suit most
+    models. ``Prediction`` is the family's per-image prediction record (``ImageScores`` for
+    classifiers, ``ImageDetections`` for detectors); it carries the image's dataset index.
+    """
+
+    @abstractmethod
+    def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
+        """The shuffled training loader and the validation loader of a run."""
+
+    @abstractmethod
+    def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
+        """A loader over ``records`` in order, for prediction and evaluation of a trained model."""
+
+    @abstractmethod
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int] | None:
+        """The mean loss of one batch and its number of images; None skips a batch with no usable image."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
+        """Metrics of a full validation pass (the model is already in eval mode, gradients off)."""
+
+    @abstractmethod
+    def predict_batch(self, model: nn.Module, batch: Any, stage: str) -> list[Prediction]:
+        """One prediction record per readable image of ``batch``, in batch order (the model is in eval
+        mode). Unreadable images go to the failure sink with ``stage``."""
+
+    def training_metrics(self) -> dict[str, float]:
+        """Metrics gathered on the training batches of the epoch just finished (may be empty)."""
+        return {}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to update an exponential moving average)."""
+
+    def weights_to_keep(self, model: nn.Module) -> nn.Module:
+        """The network that is evaluated, kept as the best epoch and saved: ``model`` itself, or for
+        example its moving average."""
+        return model
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """The network to predict with: ``model``, or an equivalent faster one (fused layers)."""
+        return model
+
+    def predict(self, model: nn.Module, loader: Iterable, stage: str = "prediction") -> Iterator[Prediction]:
+        """The prediction records of every readable image ``loader`` yields, in order."""
+        for batch in loader:
+            yield from self.predict_batch(model, batch, stage)

@@ -1,0 +1,4 @@
+"""The YOLOv5 family."""
+from visionsweep.families.yolo.family import YoloFamily
+
+__all__ = ["YoloFamily"]
