@@ -7,7 +7,7 @@ For each min_size, in one run and on the same images, it times:
   * the plain alternative: the same torchvision Faster R-CNN ResNet-18 FPN (frozen batch norm, layer2-4
     trainable) fed PIL images turned into tensors, with torchvision's own resize and normalisation
     inside the model, in a bare loop of forward, summed losses, backward and an SGD step;
-  * visionsweep inference: ``inference.detection.detect`` (the code behind ``visionsweep predict``);
+  * visionsweep inference: ``inference.predictor.Predictor`` (the code behind ``visionsweep predict``);
   * plain inference: the torchvision model in eval mode on the same tensors.
 Both models are built from scratch (no download); weights do not change the cost. Training runs
 batches of 2 images (the reference's default), inference batches of 2. Each measurement is repeated
@@ -34,12 +34,12 @@ from torchvision.transforms.functional import pil_to_tensor
 from visionsweep.data.images import load_rgb
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
-from visionsweep.inference.detection import detect
+from visionsweep.families.selection import family_for
+from visionsweep.inference.predictor import Predictor
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.models import create_model
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.training.detection import detection_pipeline
 from visionsweep.training.loop import LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule
@@ -65,7 +65,9 @@ def ours_training(records, classes, min_size: int, augment: bool):
         "model_name": "fasterrcnn_resnet18_fpn", "pretrained": False, "min_size": min_size, "max_size": 1333,
         "num_workers": 0, "seed": 0, "validation_metric_type": "none", "apply_automl_train_augmentations": augment})
     model = create_model("fasterrcnn_resnet18_fpn", len(classes), pretrained=False, min_size=min_size, max_size=1333)
-    train_loader, val_loader, ops = detection_pipeline(settings, records, records[:1], classes, CPU, None)
+    family = family_for(settings, classes, CPU, None)
+    loaders = family.training_loaders(records, records[:1])
+    train_loader, val_loader = loaders.train, loaders.validation
     optimizer = build_optimizer(model, "sgd", learning_rate=0.005, weight_decay=1e-4, momentum=0.9, nesterov=True,
                                 beta1=0.9, beta2=0.999, amsgrad=False)
     config = LoopConfig(number_of_epochs=1, primary_metric="mean_average_precision", early_stopping=False,
@@ -74,7 +76,7 @@ def ours_training(records, classes, min_size: int, augment: bool):
     def run():
         schedule = Schedule(optimizer, "warmup_cosine", steps_per_epoch=len(train_loader), epochs=1, warmup_epochs=0,
                             cycles=0.45, step_size=5, gamma=0.5)
-        fit(model, ops, train_loader, val_loader, optimizer, schedule, config, device=CPU)
+        fit(model, family, train_loader, val_loader, optimizer, schedule, config, device=CPU)
     return model, run
 
 
@@ -156,7 +158,7 @@ def main() -> None:
         trained = TrainedModel(Task.OBJECT_DETECTION, "fasterrcnn_resnet18_fpn", classes, settings,
                                rows[1][3].eval(), CPU, Path("-"))
         def ours_predict():
-            for _ in detect(trained, records, DataReport(source="bench")):
+            for _ in Predictor(trained, records, DataReport(source="bench")):
                 pass
 
         plain_predict()  # warm-up

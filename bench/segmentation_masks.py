@@ -76,8 +76,8 @@ def _peak_bytes() -> int:
 
 def run_one(way: str, objects: int, width: int, height: int, repeats: int, min_size: int, max_size: int) -> dict:
     from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
-    from visionsweep.training.detection import prepare_image, record_target
-    from visionsweep.training.segmentation import SegmentationDataset
+    from visionsweep.families.rcnn.dataset import SegmentationDataset, objects_target
+    from visionsweep.families.rcnn.transforms import prepare_image
 
     torch.set_num_threads(1)
     image = torch.randint(0, 255, (3, height, width), dtype=torch.uint8)
@@ -88,7 +88,7 @@ def run_one(way: str, objects: int, width: int, height: int, repeats: int, min_s
     before = _rss_bytes()
     for repeat in range(repeats):
         rng = np.random.default_rng(repeat)
-        target = record_target(record, {"thing": 0}, width, height)
+        target = objects_target(record.objects, {"thing": 0}, width, height)
         start = time.perf_counter()
         if way == "full-resolution":
             objects_px = [pixel_segments(o.polygons, width, height) for o in record.objects]
@@ -96,7 +96,7 @@ def run_one(way: str, objects: int, width: int, height: int, repeats: int, min_s
             _, target = prepare_image(image, target, min_size=min_size, max_size=max_size, augment=True, rng=rng)
         else:
             dataset._generator = lambda rng=rng: rng  # the same draws as the other way
-            _, target = dataset.prepare(image, target, record)
+            _, target = dataset.prepare(image, target, record.objects)
         times.append(time.perf_counter() - start)
         outputs.append(target["masks"].numpy().astype(bool))
     peak = _peak_bytes()

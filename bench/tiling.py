@@ -74,7 +74,7 @@ class _Preprocessed(torch.nn.Module):
         self.model, self.min_size, self.max_size = model, min_size, max_size
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        from visionsweep.training.detection import prepare_image
+        from visionsweep.families.rcnn.transforms import prepare_image
 
         prepared, scales = [], []
         for image in images:

@@ -1,11 +1,11 @@
 """Benchmark: YOLOv5 small on the fridge images: training and inference throughput, and mAP from scratch.
 
 ``throughput`` times, for each img_size and on the same images, in one run:
-  * visionsweep training: ``training.loop.fit`` over ``yolo_pipeline`` (mosaic + affine + flip in the
-    loader, YoloOps with the loss, EMA update per step, SGD with the run's groups, clipping and schedule);
+  * visionsweep training: ``training.loop.fit`` over ``YoloFamily`` (mosaic + affine + flip in the
+    loader, the family's loss, EMA update per step, SGD with the run's groups, clipping and schedule);
   * the plain alternative: the same network, loss, dataset and EMA in a bare loop (forward, loss,
     backward, clip, SGD step, EMA update);
-  * visionsweep inference: ``inference.yolo.predict_lines`` (the code behind ``visionsweep predict``) on
+  * visionsweep inference: ``inference.detection.predict_lines`` (the code behind ``visionsweep predict``) on
     a loaded model folder; plain inference: the network in eval mode plus ``postprocess`` on the
     letterboxed batches of a bare DataLoader;
   * with ``--peer-python``: Ultralytics' ``yolov5s.yaml`` (its anchor-free "v5u" variant, 9.1 M
@@ -43,7 +43,8 @@ from visionsweep.api import evaluate
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
 from visionsweep.families.yolo.pipeline import YoloDataset, YoloTrainTransform, yolo_collate
-from visionsweep.inference import yolo as yolo_inference
+from visionsweep.families.selection import family_for
+from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.geometry.yolo_boxes import postprocess
 from visionsweep.models import build_model, get_model_spec
@@ -55,7 +56,6 @@ from visionsweep.checkpoint import save_checkpoint
 from visionsweep.training.loop import LoopConfig, fit
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.schedulers import Schedule
-from visionsweep.training.yolo import yolo_pipeline
 
 FRIDGE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "odFridgeObjects_FairMOTformat"
 OD = Task.OBJECT_DETECTION
@@ -128,7 +128,8 @@ def _train_visionsweep(train_file: Path, size: int) -> dict:
     torch.manual_seed(0)
     model = build_model(get_model_spec("yolov5"), len(data.classes), settings.model_dump(), pretrained=False,
                         pretrained_weights=None, layers_to_freeze=None)
-    train_loader, _, ops = yolo_pipeline(settings, data.records, data.records, data.classes, CPU, _fail)
+    family = family_for(settings, data.classes, CPU, _fail)
+    train_loader = family.training_loaders(data.records, data.records).train
     optimizer = build_optimizer(model, "sgd", learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
                                 momentum=settings.momentum, nesterov=True, beta1=0.9, beta2=0.999, amsgrad=False)
     schedule = Schedule(optimizer, settings.lr_scheduler, steps_per_epoch=len(train_loader), epochs=2,
@@ -138,7 +139,7 @@ def _train_visionsweep(train_file: Path, size: int) -> dict:
                         progress=False)
     marks = [(time.perf_counter(), time.process_time())]
     # No validation images: the loop still "evaluates" (nothing), so the epoch times are training alone.
-    fit(model, ops, train_loader, [], optimizer, schedule, config, device=CPU,
+    fit(model, family, train_loader, [], optimizer, schedule, config, device=CPU,
         on_epoch_end=lambda report, kept: marks.append((time.perf_counter(), time.process_time())) and False)
     return _rate(len(data.records), marks[2][0] - marks[1][0], marks[2][1] - marks[1][1])
 
@@ -181,7 +182,7 @@ def _predict_visionsweep(model_dir: Path, val_file: Path) -> dict:
     trained = load_trained_model(model_dir, device="cpu")
     records = read_labeled_data(val_file, OD).records
     started = (time.perf_counter(), time.process_time())
-    lines = list(yolo_inference.predict_lines(trained, records, DataReport(source="bench")))
+    lines = list(detection_inference.predict_lines(trained, records, DataReport(source="bench")))
     return _rate(len(lines), time.perf_counter() - started[0], time.process_time() - started[1])
 
 

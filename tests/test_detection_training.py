@@ -1,5 +1,6 @@
 """Detection training data: augmentations keep boxes on their pixels, the resize rule, batching of
-images of different sizes, unreadable images, and the ops (label offset, metrics, validation loss)."""
+images of different sizes, unreadable images, and the R-CNN family (label offset, metrics, validation
+loss, prediction records, loaders) and how a run's family is chosen."""
 from __future__ import annotations
 
 import json
@@ -11,16 +12,14 @@ from PIL import Image
 from torch import nn
 
 from visionsweep.data.jsonl import read_labeled_data
-from visionsweep.errors import DataError
-from visionsweep.settings import resolve_settings
-from visionsweep.tasks import Task
-from visionsweep.training.detection import (
+from visionsweep.errors import DataError, SettingsError
+from visionsweep.families.classification import ClassificationFamily
+from visionsweep.families.detection import ImageDetections
+from visionsweep.families.rcnn import MaskRcnnFamily, RcnnFamily
+from visionsweep.families.rcnn.dataset import DetectionDataset, collate_detection
+from visionsweep.families.rcnn.transforms import (
     MEAN_COLOUR,
-    DetectionDataset,
-    DetectionOps,
-    collate_detection,
     crop_around_boxes,
-    detection_pipeline,
     expand,
     horizontal_flip,
     keep_valid_objects,
@@ -28,6 +27,10 @@ from visionsweep.training.detection import (
     random_augment,
     resize_for_model,
 )
+from visionsweep.families.selection import family_for
+from visionsweep.families.yolo import YoloFamily
+from visionsweep.settings import resolve_settings
+from visionsweep.tasks import Task
 
 GREEN, COLOURS = (0, 160, 0), ((255, 0, 0), (0, 0, 255), (255, 255, 0))
 
@@ -227,25 +230,33 @@ class _RedFinder(nn.Module):
         return outputs
 
 
-def _ops(offset, **options):
-    defaults = dict(classes=["red"], label_offset=offset, device=torch.device("cpu"), metric_type="voc",
-                    iou_threshold=0.5, validation_loss=True, track_training_metrics=False, on_failures=None)
-    return DetectionOps(**{**defaults, **options})
+# The R-CNN model of each label offset: RetinaNet has no background class, Faster R-CNN keeps label 0 for it.
+_MODEL_OF_OFFSET = {0: "retinanet_resnet50_fpn", 1: "fasterrcnn_resnet18_fpn"}
+
+
+def _family(offset, **values):
+    """The R-CNN family of a run with the default settings (VOC at IoU 0.5, validation loss on, training
+    metrics off) of the model with this label offset, ``values`` overriding them."""
+    settings = resolve_settings(Task.OBJECT_DETECTION, {"model_name": _MODEL_OF_OFFSET[offset], "num_workers": 0,
+                                                        **values})
+    family = RcnnFamily(settings, ["red"], torch.device("cpu"), None)
+    assert family.label_offset == offset
+    return family
 
 
 @pytest.mark.parametrize("offset", [0, 1])
-def test_ops_add_the_label_offset_and_score_in_the_model_frame(tmp_path, offset):
+def test_family_adds_the_label_offset_and_scores_in_the_model_frame(tmp_path, offset):
     records = read_labeled_data(_write_images(tmp_path, count=4), Task.OBJECT_DETECTION).records
     dataset = DetectionDataset(records, ["red"], min_size=40, max_size=200, augment=False)
     batch = collate_detection([dataset[i] for i in range(4)])
     model = _RedFinder(model_label=offset)
-    ops = _ops(offset)
-    loss, count = ops.train_step(model.train(), batch)
+    family = _family(offset)
+    loss, count = family.train_step(model.train(), batch)
     assert loss.item() == pytest.approx(0.75) and count == 4
     assert [t["labels"].tolist() for t in model.seen_targets[0]] == [[offset], [], [offset], []]
     model.eval()
     with torch.no_grad():
-        metrics = ops.evaluate(model, [batch])
+        metrics = family.evaluate(model, [batch])
     # Both labelled images found exactly (boxes in the resized frame, labels mapped back), nothing on the
     # background images.
     assert metrics["per_label_metrics"]["red"] == {"precision": pytest.approx(1.0), "recall": pytest.approx(1.0),
@@ -254,29 +265,65 @@ def test_ops_add_the_label_offset_and_score_in_the_model_frame(tmp_path, offset)
     assert not model.training  # the validation-loss pass puts the model back in eval mode
 
 
-def test_ops_without_metrics_and_with_training_metrics(tmp_path):
+def test_family_predicts_one_record_per_image_in_the_model_frame(tmp_path):
+    records = read_labeled_data(_write_images(tmp_path, count=3), Task.OBJECT_DETECTION).records
+    (tmp_path / "1.png").write_bytes(b"broken after the up-front check")
+    dataset = DetectionDataset(records, ["red"], min_size=40, max_size=200, augment=False)
+    batch = collate_detection([dataset[i] for i in range(3)])
+    failures = []
+    settings = resolve_settings(Task.OBJECT_DETECTION, {"model_name": "fasterrcnn_resnet18_fpn", "num_workers": 0})
+    family = RcnnFamily(settings, ["red"], torch.device("cpu"), lambda failed, stage: failures.append((failed, stage)))
+    with torch.no_grad():
+        found = list(family.predict(_RedFinder(model_label=1).eval(), [batch], "prediction"))
+    assert all(isinstance(image, ImageDetections) for image in found)
+    assert [image.index for image in found] == [0, 2]  # the unreadable image went to the failure sink
+    ((failed, stage),) = failures
+    assert [index for index, _ in failed] == [1] and stage == "prediction"
+    assert [(image.frame_size, image.original_size) for image in found] == [((50, 40), (100, 80)),
+                                                                             ((70, 40), (140, 80))]
+    assert found[0].predictions["boxes"].tolist() == [pytest.approx([5, 10, 25, 30])]  # the model frame
+    assert found[0].predictions["labels"].tolist() == [0]  # the dataset class index, the offset removed
+    assert found[0].target["boxes"].tolist() == [pytest.approx([5, 10, 25, 30])]
+    assert found[1].predictions["boxes"].tolist() == [pytest.approx([5, 10, 25, 30])]
+    assert found[0].predictions["scores"].tolist() == [pytest.approx(0.9)]
+
+
+def test_family_without_metrics_and_with_training_metrics(tmp_path):
     records = read_labeled_data(_write_images(tmp_path, count=2), Task.OBJECT_DETECTION).records
     batch = collate_detection([DetectionDataset(records, ["red"], min_size=40, max_size=200, augment=False)[i]
                                for i in range(2)])
     model = _RedFinder(model_label=1)
-    assert _ops(1, metric_type="none").evaluate(model.eval(), [batch]) == {"mean_average_precision": 0.0}
-    ops = _ops(1, track_training_metrics=True)
-    ops.train_step(model.train(), batch)
+    assert _family(1, validation_metric_type="none").evaluate(model.eval(), [batch]) == {"mean_average_precision": 0.0}
+    family = _family(1, log_training_metrics="Enable")
+    family.train_step(model.train(), batch)
     assert model.training
-    assert ops.training_metrics() == {"mean_average_precision_train": pytest.approx(1.0)}
-    assert ops.training_metrics() == {}  # reset for the next epoch
+    assert family.training_metrics() == {"mean_average_precision_train": pytest.approx(1.0)}
+    assert family.training_metrics() == {}  # reset for the next epoch
 
 
-def test_pipeline_checks_the_data_and_the_model(tmp_path):
+def test_training_loaders_check_the_data(tmp_path):
     records = read_labeled_data(_write_images(tmp_path, count=2), Task.OBJECT_DETECTION).records
     settings = resolve_settings(Task.OBJECT_DETECTION, {"model_name": "fasterrcnn_resnet18_fpn", "num_workers": 0})
     cpu = torch.device("cpu")
-    train_loader, val_loader, ops = detection_pipeline(settings, records, records, ["red"], cpu, None)
-    assert ops.label_offset == 1 and ops.validation_loss and ops.metric_type == "voc"
-    assert train_loader.dataset.augment and not val_loader.dataset.augment
-    assert (train_loader.batch_size, val_loader.batch_size) == (2, 1)  # the reference's R-CNN defaults
+    family = RcnnFamily(settings, ["red"], cpu, None)
+    loaders = family.training_loaders(records, records)
+    assert family.label_offset == 1 and family.validation_loss and family.new_evaluation().metric_type == "voc"
+    assert loaders.train.dataset.augment and not loaders.validation.dataset.augment
+    assert (loaders.train.batch_size, loaders.validation.batch_size) == (2, 1)  # the reference's R-CNN defaults
     with pytest.raises(DataError, match="no objects in the training data"):
-        detection_pipeline(settings, records[1:], records, ["red"], cpu, None)
+        family.training_loaders(records[1:], records)
+
+
+def test_the_model_name_picks_the_family():
+    cpu = torch.device("cpu")
+    rcnn = resolve_settings(Task.OBJECT_DETECTION, {"model_name": "fasterrcnn_resnet18_fpn"})
+    assert type(family_for(rcnn, ["red"], cpu, None)) is RcnnFamily
     yolo = resolve_settings(Task.OBJECT_DETECTION, {"model_name": "yolov5"})
-    with pytest.raises(NotImplementedError, match="yolov5"):
-        detection_pipeline(yolo, records, records, ["red"], cpu, None)
+    assert type(family_for(yolo, ["red"], cpu, None)) is YoloFamily
+    mask = resolve_settings(Task.INSTANCE_SEGMENTATION, {"model_name": "maskrcnn_resnet18_fpn"})
+    assert type(family_for(mask, ["red"], cpu, None)) is MaskRcnnFamily
+    classifier = resolve_settings(Task.CLASSIFICATION, {"model_name": "resnet18"})
+    assert type(family_for(classifier, ["red", "blue"], cpu, None)) is ClassificationFamily
+    # The settings refuse tiling for a classifier; the family choice refuses it too, whatever made the settings.
+    with pytest.raises(SettingsError, match="resnet18 is not a detector"):
+        family_for(classifier.model_copy(update={"tile_grid_size": (2, 2)}), ["red", "blue"], cpu, None)

@@ -1,6 +1,6 @@
-"""Segmentation training data and ops: polygons move with the boxes through crop, expand, flip and resize,
-masks are rasterised in the model frame (bounded memory), validation scores masks, and prediction lines
-carry polygons; scoring a predictions file on masks."""
+"""Segmentation training data and the Mask R-CNN family: polygons move with the boxes through crop,
+expand, flip and resize, masks are rasterised in the model frame (bounded memory), validation scores
+masks, and prediction lines carry polygons; scoring a predictions file on masks."""
 from __future__ import annotations
 
 import json
@@ -12,22 +12,22 @@ from torch import nn
 
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
-from visionsweep.errors import DataError
-from visionsweep.inference.detection import BOX_KEYS, score_prediction_file
-from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
-from visionsweep.settings import resolve_settings
-from visionsweep.tasks import Task
-from visionsweep.training.detection import (
+from visionsweep.errors import DataError, SettingsError
+from visionsweep.families.rcnn import MaskRcnnFamily, RcnnFamily
+from visionsweep.families.rcnn.dataset import SegmentationDataset, collate_detection, mask_frame_limits
+from visionsweep.families.rcnn.transforms import (
     MEAN_COLOUR,
-    DetectionOps,
-    collate_detection,
     crop_around_boxes,
     expand,
     horizontal_flip,
     keep_valid_objects,
     resize_for_model,
 )
-from visionsweep.training.segmentation import SegmentationDataset, mask_frame_limits, segmentation_pipeline
+from visionsweep.families.selection import family_for
+from visionsweep.geometry.masks import pixel_segments, polygons_to_masks
+from visionsweep.inference.detection import BOX_KEYS, score_prediction_file
+from visionsweep.settings import resolve_settings
+from visionsweep.tasks import Task
 
 TASK = Task.INSTANCE_SEGMENTATION
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -162,11 +162,15 @@ class _MaskFinder(nn.Module):
         return outputs
 
 
-def _ops(**options):
-    defaults = dict(classes=["square"], label_offset=1, device=torch.device("cpu"), metric_type="voc",
-                    iou_threshold=0.5, validation_loss=False, track_training_metrics=False, on_failures=None,
-                    iou_type="segm")
-    return DetectionOps(**{**defaults, **options})
+def _family(family_type=MaskRcnnFamily, **values):
+    """A Mask R-CNN run's family with VOC at IoU 0.5 and no validation loss, ``values`` overriding the
+    settings; ``RcnnFamily`` scores the same model's predictions on their boxes."""
+    settings = resolve_settings(TASK, {"model_name": "maskrcnn_resnet18_fpn", "num_workers": 0,
+                                       "validation_metric_type": "voc", "validation_iou_threshold": 0.5,
+                                       "log_validation_loss": "Disable", "log_training_metrics": "Disable", **values})
+    family = family_type(settings, ["square"], torch.device("cpu"), None)
+    assert family.label_offset == 1
+    return family
 
 
 def _square_records(folder):
@@ -185,28 +189,35 @@ def test_validation_scores_masks_not_boxes(tmp_path, solid, mask_ap, box_ap):
     batch = collate_detection([SegmentationDataset(records, ["square"], min_size=40, max_size=40,
                                                    augment=False)[0]])
     model = _MaskFinder((10, 10, 30, 30), solid)
-    for iou_type, expected in (("segm", mask_ap), ("bbox", box_ap)):
-        metrics = _ops(iou_type=iou_type, metric_type="coco_voc").evaluate(model.eval(), [batch])
+    for family_type, iou_type, expected in ((MaskRcnnFamily, "segm", mask_ap), (RcnnFamily, "bbox", box_ap)):
+        family = _family(family_type, validation_metric_type="coco_voc")
+        assert family.iou_type == iou_type
+        metrics = family.evaluate(model.eval(), [batch])
         assert metrics["mean_average_precision"] == pytest.approx(expected)
         assert metrics["coco_metrics"]["AP50"] == pytest.approx(expected)
-    _ops().train_step(model.train(), batch)
+    _family().train_step(model.train(), batch)
     (targets,) = model.seen
     assert targets[0]["labels"].tolist() == [1] and targets[0]["masks"].shape == (1, 40, 40)
     assert targets[0]["masks"][0, 10:30, 10:30].all() and targets[0]["masks"].sum() == 400
 
 
-def test_pipeline_builds_mask_loaders_and_segm_ops(tmp_path):
+def test_family_builds_mask_loaders_and_scores_masks(tmp_path):
     records = _square_records(tmp_path)
     settings = resolve_settings(TASK, {"model_name": "maskrcnn_resnet18_fpn", "num_workers": 0})
-    train_loader, val_loader, ops = segmentation_pipeline(settings, records, records, ["square"],
-                                                          torch.device("cpu"), None)
-    assert isinstance(train_loader.dataset, SegmentationDataset) and train_loader.dataset.augment
-    assert ops.iou_type == "segm" and ops.label_offset == 1
-    assert (train_loader.batch_size, val_loader.batch_size) == (2, 1)  # the reference's R-CNN defaults
-    assert next(iter(val_loader)).targets[0]["masks"].shape[0] == 1
-    with pytest.raises(NotImplementedError, match="not an instance-segmentation model"):
-        segmentation_pipeline(settings.model_copy(update={"model_name": "fasterrcnn_resnet18_fpn"}), records,
-                              records, ["square"], torch.device("cpu"), None)
+    family = family_for(settings, ["square"], torch.device("cpu"), None)
+    assert type(family) is MaskRcnnFamily
+    loaders = family.training_loaders(records, records)
+    assert isinstance(loaders.train.dataset, SegmentationDataset) and loaders.train.dataset.augment
+    assert family.iou_type == "segm" and family.label_offset == 1
+    assert (loaders.train.batch_size, loaders.validation.batch_size) == (2, 1)  # the reference's R-CNN defaults
+    assert next(iter(loaders.validation)).targets[0]["masks"].shape[0] == 1
+    # A box detector neither serves the task nor, when picked for boxes, gets the mask family.
+    with pytest.raises(SettingsError, match="model_name: got 'fasterrcnn_resnet18_fpn'"):
+        resolve_settings(TASK, {"model_name": "fasterrcnn_resnet18_fpn"})
+    boxes = family_for(settings.model_copy(update={"model_name": "fasterrcnn_resnet18_fpn"}), ["square"],
+                       torch.device("cpu"), None)
+    assert type(boxes) is RcnnFamily and boxes.iou_type == "bbox"
+    assert not isinstance(boxes.training_loaders(records, records).train.dataset, SegmentationDataset)
 
 
 # --- scoring a predictions file -----------------------------------------------------------------------

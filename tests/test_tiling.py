@@ -1,5 +1,6 @@
 """Tiling: the tile layout, which tiles hold which objects and how they are cut, mapping tile boxes back
-to the image, merging duplicates across tiles, and the datasets, batches and ops that put them together."""
+to the image, merging duplicates across tiles, and the datasets, batches and the tiled R-CNN family
+(``TiledDetection`` over ``RcnnFamily``) that put them together."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,10 @@ from PIL import Image
 
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tiling, all_tiles, objects_in_tiles, tiles_with_objects
+from visionsweep.families.rcnn import RcnnFamily
+from visionsweep.families.rcnn.dataset import DetectionBatch, DetectionDataset
+from visionsweep.families.selection import family_for
+from visionsweep.families.tiling import TiledDetection, TileGroups, training_elements
 from visionsweep.geometry.tile_layout import Tile, cut_boxes, tile_layout
 from visionsweep.geometry.tile_merge import (
     TilePredictions,
@@ -18,15 +23,6 @@ from visionsweep.geometry.tile_merge import (
 )
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.training.tiling import (
-    TiledDetectionOps,
-    TileGroupDataset,
-    TiledTrainingDataset,
-    collate_tile_groups,
-    forward_by_size,
-    tiled_detection_pipeline,
-    training_elements,
-)
 
 
 def _ints(tiles):
@@ -231,7 +227,7 @@ def test_merge_maps_tiles_drops_duplicates_and_sorts_by_score():
     assert empty["boxes"].shape == (0, 4) and len(empty["scores"]) == 0
 
 
-# --- datasets, batches and ops ------------------------------------------------------------------------
+# --- datasets, batches and the tiled family -----------------------------------------------------------
 
 def _image(folder, name, width=200, height=100):
     """An image whose pixel (x, y) has red = x and green = y (mod 256), so crops can be located."""
@@ -255,7 +251,7 @@ def test_training_elements_are_images_and_tiles_with_objects(tmp_path):
     assert [(e.index, e.tile) for e in elements] == [(0, None), (0, Tile(0, 0, 100, 100)), (1, None), (2, None),
                                                      (2, Tile(0, 0, 100, 100)), (2, Tile(100, 0, 200, 100))]
     assert elements[1].objects[0].box == pytest.approx((0.2, 0.1, 0.4, 0.2))
-    dataset = TiledTrainingDataset(records, ["car"], tiling, min_size=50, max_size=400, augment=False)
+    dataset = DetectionDataset(records, ["car"], min_size=50, max_size=400, augment=False, elements=elements)
     assert len(dataset) == 6
     item = dataset[5]  # the right half of c.png: 100 x 100, fed at 50 x 50
     assert item.index == 2 and item.original_size == (100, 100) and tuple(item.image.shape) == (3, 50, 50)
@@ -265,8 +261,9 @@ def test_training_elements_are_images_and_tiles_with_objects(tmp_path):
 def test_group_items_hold_the_image_and_its_tiles_cut_from_the_same_pixels(tmp_path):
     tiling = Tiling((2, 1), 0.0)
     record = _record(_image(tmp_path, "a.png"), [ObjectAnnotation("car", (0.1, 0.1, 0.2, 0.2))])
-    every = TileGroupDataset([record], ["car"], tiling, min_size=100, max_size=400, every_tile=True)[0]
-    with_objects = TileGroupDataset([record], ["car"], tiling, min_size=100, max_size=400, every_tile=False)[0]
+    items = DetectionDataset([record], ["car"], min_size=100, max_size=400, augment=False)
+    every = TileGroups(items, tiling, every_tile=True)[0]
+    with_objects = TileGroups(items, tiling, every_tile=False)[0]
     assert [e.tile for e in every] == [None, Tile(0, 0, 100, 100), Tile(100, 0, 200, 100)]
     assert [e.tile for e in with_objects] == [None, Tile(0, 0, 100, 100)]
     right = every[2].item
@@ -277,12 +274,22 @@ def test_group_items_hold_the_image_and_its_tiles_cut_from_the_same_pixels(tmp_p
     assert pixels[0, 0, :3].round().tolist() == [100, 101, 102] and pixels[1, :3, 0].round().tolist() == [0, 1, 2]
 
 
+def _family(tiling, failures, *, min_size=100, max_size=400):
+    """The tiled Faster R-CNN family (label offset 1) of a one-class run, its failures collected."""
+    settings = resolve_settings(Task.OBJECT_DETECTION, {
+        "model_name": "fasterrcnn_resnet18_fpn", "min_size": min_size, "max_size": max_size,
+        "validation_metric_type": "voc", "validation_iou_threshold": 0.5, "log_validation_loss": "Disable"})
+    return TiledDetection(RcnnFamily(settings, ["car"], torch.device("cpu"), lambda f, stage: failures.extend(f)),
+                          tiling)
+
+
 def test_an_unreadable_image_is_one_failure_with_its_record_index(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     records = [_record(_image(tmp_path, "a.png")), _record(broken)]
-    dataset = TileGroupDataset(records, ["car"], Tiling((2, 1), 0.0), min_size=100, max_size=400, every_tile=True)
-    tiled = collate_tile_groups([dataset[0], dataset[1]])
+    family = _family(Tiling((2, 1), 0.0), [])
+    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    tiled = family.collate([dataset[0], dataset[1]])
     assert tiled.tiles == [None, Tile(0, 0, 100, 100), Tile(100, 0, 200, 100)]
     assert tiled.batch.indices.tolist() == [0, 0, 0]
     assert [index for index, _ in tiled.batch.failures] == [1]
@@ -302,43 +309,43 @@ class _FrameDetector(torch.nn.Module):
                  "scores": torch.tensor([image.shape[-1] / 1000]), "labels": torch.tensor([1])} for image in images]
 
 
-def _ops(tiling, failures):
-    return TiledDetectionOps(tiling=tiling, classes=["car"], label_offset=1, device=torch.device("cpu"),
-                             metric_type="voc", iou_threshold=0.5, validation_loss=False,
-                             track_training_metrics=False, on_failures=lambda f, stage: failures.extend(f))
-
-
-def test_ops_merge_tile_predictions_into_their_image(tmp_path):
+def test_tiled_family_merges_tile_predictions_into_their_image(tmp_path):
     records = [_record(_image(tmp_path, "a.png")), _record(_image(tmp_path, "b.png", 300, 100), width=300)]
     # Threshold 0.6: each tile box covers half or a third of its image's box, so nothing is a duplicate.
-    tiling = Tiling((2, 1), 0.0, nms_threshold=0.6)
-    dataset = TileGroupDataset(records, ["car"], tiling, min_size=100, max_size=1000, every_tile=True)
-    loader = [collate_tile_groups([dataset[0], dataset[1]])]
-    model, failures = _FrameDetector(), []
-    [(batch, predictions)] = list(_ops(tiling, failures).predict(model, loader, stage="validation"))
-    assert failures == [] and batch.indices.tolist() == [0, 1]
-    assert batch.image_sizes == [(200, 100), (300, 100)] and batch.original_sizes == [(200, 100), (300, 100)]
+    failures = []
+    family = _family(Tiling((2, 1), 0.0, nms_threshold=0.6), failures, max_size=1000)
+    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    loader = [family.collate([dataset[0], dataset[1]])]
+    model = _FrameDetector()
+    found = list(family.predict(model, loader, stage="validation"))
+    assert failures == [] and [f.index for f in found] == [0, 1]
+    assert [f.frame_size for f in found] == [(200, 100), (300, 100)]
+    assert [f.original_size for f in found] == [(200, 100), (300, 100)]
     # In each image's frame: the full box, and each tile's box mapped to the tile's place; labels lose the offset.
-    assert predictions[0]["boxes"].tolist() == [[0, 0, 200, 100], [0, 0, 100, 100], [100, 0, 200, 100]]
-    assert predictions[1]["boxes"].tolist() == [[0, 0, 300, 100], [0, 0, 150, 100], [150, 0, 300, 100]]
-    assert predictions[0]["labels"].tolist() == [0, 0, 0]
+    assert found[0].predictions["boxes"].tolist() == [[0, 0, 200, 100], [0, 0, 100, 100], [100, 0, 200, 100]]
+    assert found[1].predictions["boxes"].tolist() == [[0, 0, 300, 100], [0, 0, 150, 100], [150, 0, 300, 100]]
+    assert found[0].predictions["labels"].tolist() == [0, 0, 0]
     # One forward per padded size: the tiles of an image together, the full images (wider) apart.
     assert sorted(model.calls) == [[(100, 100), (100, 100)], [(100, 150), (100, 150)], [(100, 200)], [(100, 300)]]
     # With the default threshold the full image's box (scoring highest) removes every tile box.
-    tight = Tiling((2, 1), 0.0, nms_threshold=0.25)
-    [(_, predictions)] = list(_ops(tight, failures).predict(_FrameDetector(), loader, stage="validation"))
-    assert [p["boxes"].tolist() for p in predictions] == [[[0, 0, 200, 100]], [[0, 0, 300, 100]]]
+    tight = _family(Tiling((2, 1), 0.0, nms_threshold=0.25), failures, max_size=1000)
+    found = list(tight.predict(_FrameDetector(), loader, stage="validation"))
+    assert [f.predictions["boxes"].tolist() for f in found] == [[[0, 0, 200, 100]], [[0, 0, 300, 100]]]
 
 
-def test_forward_by_size_keeps_the_input_order():
+def test_rcnn_detection_of_mixed_sizes_runs_by_size_and_keeps_the_input_order():
     model = _FrameDetector()
     images = [torch.zeros(3, 64, 64), torch.zeros(3, 64, 200), torch.zeros(3, 60, 50)]
-    outputs = forward_by_size(model, images)
-    assert [o["boxes"][0].tolist() for o in outputs] == [[0, 0, 64, 64], [0, 0, 200, 64], [0, 0, 50, 60]]
+    sizes = [(image.shape[-1], image.shape[-2]) for image in images]
+    batch = DetectionBatch(images=images, targets=[{}, {}, {}], indices=torch.tensor([0, 1, 2]), image_sizes=sizes,
+                           original_sizes=sizes, failures=[])
+    found = _family(Tiling((2, 1)), []).family.detect_mixed_sizes(model, batch, "prediction").images
+    assert [f.index for f in found] == [0, 1, 2]
+    assert [f.predictions["boxes"][0].tolist() for f in found] == [[0, 0, 64, 64], [0, 0, 200, 64], [0, 0, 50, 60]]
     assert sorted(model.calls) == sorted([[(64, 64), (60, 50)], [(64, 200)]])
 
 
-def test_pipeline_trains_on_images_and_tiles_and_validates_per_image(tmp_path):
+def test_family_for_trains_on_images_and_tiles_and_validates_per_image(tmp_path):
     objects = [ObjectAnnotation("car", (0.1, 0.1, 0.2, 0.2)), ObjectAnnotation("bus", (0.45, 0.5, 0.55, 0.7))]
     train = [_record(_image(tmp_path, f"t{i}.png"), objects) for i in range(3)]
     val = [_record(_image(tmp_path, "v.png"), objects[:1])]
@@ -346,10 +353,11 @@ def test_pipeline_trains_on_images_and_tiles_and_validates_per_image(tmp_path):
         "model_name": "fasterrcnn_resnet18_fpn", "tile_grid_size": "2x1", "tile_overlap_ratio": 0.0,
         "training_batch_size": 4, "validation_batch_size": 2, "num_workers": 0, "min_size": 64, "max_size": 256,
         "log_training_metrics": "Enable", "seed": 0})
-    train_loader, val_loader, ops = tiled_detection_pipeline(settings, train, val, ["bus", "car"],
-                                                             torch.device("cpu"), lambda f, s: None)
+    family = family_for(settings, ["bus", "car"], torch.device("cpu"), lambda f, s: None)
+    loaders = family.training_loaders(train, val)
     # Each training image: itself, its left tile (car, bus) and its right tile (bus).
-    assert len(train_loader.dataset) == 9 and len(train_loader) == 3
-    assert isinstance(ops, TiledDetectionOps) and not ops.track_training_metrics and ops.label_offset == 1
-    [tiled] = list(val_loader)
+    assert len(loaders.train.dataset) == 9 and len(loaders.train) == 3
+    assert isinstance(family, TiledDetection) and isinstance(family.family, RcnnFamily)
+    assert not family.family.track_training_metrics and family.family.label_offset == 1
+    [tiled] = list(loaders.validation)
     assert tiled.tiles == [None, Tile(0, 0, 100, 100)]

@@ -13,19 +13,15 @@ from torch import nn
 from visionsweep import api
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.data.tiling import Tiling
-from visionsweep.geometry.tile_layout import Tile
+from visionsweep.families.selection import family_for
+from visionsweep.families.tiling import TiledBatch, TiledDetection, TileGroups, training_elements
+from visionsweep.families.yolo import YoloFamily
+from visionsweep.families.yolo.dataset import YoloBatch, YoloElementDataset
 from visionsweep.families.yolo.pipeline import LetterboxInfo, YoloTrainTransform
+from visionsweep.geometry.tile_layout import Tile
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
 from visionsweep.training.run import train
-from visionsweep.training.tiling import (
-    TiledYoloGroupDataset,
-    TiledYoloOps,
-    TiledYoloTrainingDataset,
-    collate_yolo_tile_groups,
-    merge_yolo_batch,
-)
-from visionsweep.training.yolo import YoloBatch, yolo_pipeline
 
 OD = Task.OBJECT_DETECTION
 CLASSES = ["blue", "red"]
@@ -56,7 +52,7 @@ def _boxes(labels, size):
 def test_training_samples_are_images_and_tiles_cut_with_their_objects(tmp_path):
     records = [_scene(tmp_path, "a.png")]
     plain = YoloTrainTransform(64, mosaic=False, augment=False)
-    dataset = TiledYoloTrainingDataset(records, CLASSES, 64, plain, TILING)
+    dataset = YoloElementDataset(records, CLASSES, 64, plain, training_elements(records, TILING))
     assert [(e.index, e.tile) for e in dataset.elements] == [(0, None), (0, Tile(0, 0, 100, 100)),
                                                              (0, Tile(100, 0, 200, 100))]
     assert len(dataset) == 3
@@ -70,14 +66,15 @@ def test_training_samples_are_images_and_tiles_cut_with_their_objects(tmp_path):
     assert _boxes(right.labels, 64) == [[0, 0.0, 25.6, 19.2, 51.2]]
     # Its pixels are the tile's: blue where the square was cut, grey elsewhere.
     assert right.image[:, 40, 5].tolist() == [0, 0, 255] and right.image[:, 5, 40].tolist() == [128, 128, 128]
-    mosaic = TiledYoloTrainingDataset(records, CLASSES, 64, YoloTrainTransform(64), TILING)
+    mosaic = YoloElementDataset(records, CLASSES, 64, YoloTrainTransform(64), training_elements(records, TILING))
     assert all(tuple(mosaic[i].image.shape) == (3, 64, 64) for i in range(3))
 
 
 def test_group_items_letterbox_each_tile_with_its_own_size(tmp_path):
     record = _scene(tmp_path, "a.png", width=300)  # tiles (0, 0, 150, 100) and (150, 0, 300, 100)
-    every = TiledYoloGroupDataset([record], CLASSES, 64, TILING, every_tile=True)[0]
-    with_objects = TiledYoloGroupDataset([record], CLASSES, 64, TILING, every_tile=False)[0]
+    items = YoloElementDataset([record], CLASSES, 64)
+    every = TileGroups(items, TILING, every_tile=True)[0]
+    with_objects = TileGroups(items, TILING, every_tile=False)[0]
     assert [e.tile for e in every] == [None, Tile(0, 0, 150, 100), Tile(150, 0, 300, 100)]
     assert [e.tile for e in with_objects] == [None, Tile(0, 0, 150, 100)]
     infos = [e.item.info for e in every]
@@ -86,38 +83,82 @@ def test_group_items_letterbox_each_tile_with_its_own_size(tmp_path):
     # Ground truth in each element's own pixels: the full image's objects, then the tile's.
     np.testing.assert_allclose(every[1].item.target["boxes"], [[20, 20, 60, 60], [90, 40, 130, 80]], atol=1e-4)
     assert every[2].item.target["boxes"].shape == (0, 4)
-    batch = collate_yolo_tile_groups([every, [every[0]]])
+    batch = _family().collate([every, [every[0]]])
     assert batch.tiles == [None, Tile(0, 0, 150, 100), Tile(150, 0, 300, 100), None]
     assert tuple(batch.batch.images.shape) == (4, 3, 64, 64)
+
+
+def _settings(**values):
+    base = {"model_name": "yolov5", "model_size": "small", "pretrained": False, "img_size": 64,
+            "training_batch_size": 2, "validation_batch_size": 6, "num_workers": 0, "seed": 0,
+            "tile_grid_size": "2x1", "tile_overlap_ratio": 0.0}
+    return resolve_settings(OD, {**base, **values})
+
+
+def _family(**values):
+    """The family ``family_for`` picks for ``_settings(**values)``: YOLOv5 wrapped in ``TiledDetection``."""
+    return family_for(_settings(**values), CLASSES, CPU, lambda found, stage: None)
 
 
 def _info(width, height):
     return LetterboxInfo((width, height), (1.0, 1.0), (0, 0))
 
 
-def test_merge_folds_tiles_into_images_and_renumbers_targets():
+def _cxcywh(box):
+    x0, y0, x1, y1 = box
+    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+
+
+class _TableDetector(nn.Module):
+    """Eval-mode stand-in for YOLOv5 on inputs whose pixels all hold their batch position / 255: element i
+    finds ``boxes[i]`` (input pixels, class 'red') scoring ``scores[i]``; the raw maps are i and 10 i."""
+
+    def __init__(self, boxes, scores):
+        super().__init__()
+        self.rows = torch.tensor([[*_cxcywh(box), score, 0.0, 1.0] for box, score in zip(boxes, scores)])
+
+    def forward(self, images):
+        element = (images[:, 0, 0, 0] * 255).round().long()
+        return self.rows[element][:, None], [element[:, None].float(), element[:, None].float() * 10]
+
+
+def test_detect_folds_tiles_into_images_and_the_loss_sees_the_images_alone():
     tiles = [None, Tile(0, 0, 100, 100), Tile(100, 0, 200, 100), None]
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.1, 0.1], [1, 0, 0.2, 0.2, 0.1, 0.1], [2, 0, 0.3, 0.3, 0.1, 0.1],
                             [3, 1, 0.7, 0.7, 0.1, 0.1], [3, 0, 0.4, 0.4, 0.1, 0.1]])
     batch = YoloBatch(images=torch.arange(4, dtype=torch.uint8)[:, None, None, None].expand(4, 3, 8, 8),
                       targets=targets, infos=[_info(200, 100), _info(100, 100), _info(100, 100), _info(50, 50)],
                       ground_truth=["gt0", "tile", "tile", "gt3"], indices=torch.tensor([4, 4, 4, 9]), failures=[])
-
-    def found(box, score):
-        return {"boxes": torch.tensor([box], dtype=torch.float32), "scores": torch.tensor([score]),
-                "labels": torch.tensor([1])}
-
-    # Boxes in each element's original pixels; the right tile's box is the image's (120, 10, 140, 30).
-    predictions = [found([0, 0, 10, 10], 0.5), found([50, 50, 60, 60], 0.6), found([20, 10, 40, 30], 0.7),
-                   found([1, 1, 2, 2], 0.9)]
-    raw = [torch.arange(4.0)[:, None], torch.arange(4.0)[:, None] * 10]
-    full, merged, kept_raw = merge_yolo_batch(batch, tiles, predictions, raw, nms_threshold=0.25)
+    # The batch of the whole images alone: targets renumbered, everything else taken at the images' positions.
+    full = batch.subset([0, 3])
     assert full.indices.tolist() == [4, 9] and full.images[:, 0, 0, 0].tolist() == [0, 3]
     assert full.ground_truth == ["gt0", "gt3"] and [i.original_size for i in full.infos] == [(200, 100), (50, 50)]
     assert full.targets[:, :2].tolist() == [[0, 1], [1, 1], [1, 0]]
-    assert [r[:, 0].tolist() for r in kept_raw] == [[0, 3], [0, 30]]
+
+    # Boxes in each element's original pixels; the right tile's box is the image's (120, 10, 140, 30).
+    model = _TableDetector([[0, 0, 10, 10], [50, 50, 60, 60], [20, 10, 40, 30], [1, 1, 2, 2]], [0.5, 0.6, 0.7, 0.9])
+    family = _family(tile_predictions_nms_thresh=0.25)
+    loss_batches, loss_raw = [], []
+
+    def validation_loss_sum(network, loss_batch):  # YoloFamily's feeds the network's raw maps to the loss
+        loss_batches.append(loss_batch)
+        loss_raw.extend(network(loss_batch.images.float() / 255)[1])
+        return 1.5 * len(loss_batch.images)
+
+    family.family.validation_loss_sum = validation_loss_sum
+    detected = family.detect(model, TiledBatch(batch, tiles), "validation", with_loss=True)
+    merged = [found.predictions for found in detected.images]
+    assert [found.index for found in detected.images] == [4, 9]
+    assert [found.target for found in detected.images] == ["gt0", "gt3"]
+    assert [found.original_size for found in detected.images] == [(200, 100), (50, 50)]
     assert merged[0]["boxes"].tolist() == [[120, 10, 140, 30], [50, 50, 60, 60], [0, 0, 10, 10]]
     assert merged[1]["boxes"].tolist() == [[1, 1, 2, 2]]
+    # The validation loss is that of the whole images: the loss pass gets their batch and raw maps.
+    [loss_batch] = loss_batches
+    assert loss_batch.images[:, 0, 0, 0].tolist() == [0, 3]
+    assert loss_batch.targets[:, :2].tolist() == [[0, 1], [1, 1], [1, 0]]
+    assert [r[:, 0].tolist() for r in loss_raw] == [[0, 3], [0, 30]]
+    assert detected.loss_sum == 3.0
 
 
 class _WholeInputDetector(nn.Module):
@@ -130,43 +171,37 @@ class _WholeInputDetector(nn.Module):
         return row.expand(len(images), 1, 7).clone(), [torch.zeros(len(images), 1)]
 
 
-def test_ops_merge_each_image_with_its_tiles(tmp_path):
+def test_tiled_family_merges_each_image_with_its_tiles(tmp_path):
     records = [_scene(tmp_path, "a.png"), _scene(tmp_path, "b.png", width=300)]
-    dataset = TiledYoloGroupDataset(records, CLASSES, 64, Tiling((2, 1), 0.0, nms_threshold=0.6), every_tile=True)
-    loader = [collate_yolo_tile_groups([dataset[0], dataset[1]])]
-    options = dict(classes=CLASSES, device=CPU, img_size=64, make_loss=None, multi_scale=False, seed=0,
-                   score_thresh=0.1, nms_thresh=0.5, metric_type="voc", iou_threshold=0.5, validation_loss=False,
-                   training_batch_size=2, track_training_metrics=True, on_failures=None)
-    ops = TiledYoloOps(tiling=Tiling((2, 1), 0.0, nms_threshold=0.6), **options)
-    assert not ops.track_training_metrics
-    [(batch, predictions)] = list(ops.predict(_WholeInputDetector(), loader, stage="prediction"))
-    assert batch.indices.tolist() == [0, 1]
-    assert [p["boxes"].tolist() for p in predictions] == [
+    options = dict(box_score_thresh=0.1, nms_iou_thresh=0.5, validation_metric_type="voc",
+                   validation_iou_threshold=0.5, log_validation_loss="Disable", log_training_metrics="Enable")
+    family = _family(tile_predictions_nms_thresh=0.6, **options)
+    assert family.tiling == Tiling((2, 1), 0.0, nms_threshold=0.6)
+    assert isinstance(family.family, YoloFamily) and not family.family.track_training_metrics
+    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    loader = [family.collate([dataset[0], dataset[1]])]
+    found = list(family.predict(_WholeInputDetector(), loader, stage="prediction"))
+    assert [f.index for f in found] == [0, 1]
+    assert [f.predictions["boxes"].tolist() for f in found] == [
         [[0, 0, 200, 100], [0, 0, 100, 100], [100, 0, 200, 100]],
         [[0, 0, 300, 100], [0, 0, 150, 100], [150, 0, 300, 100]]]
     # Scored against the full images' ground truth (two objects each): no box matches a square.
-    metrics = ops.evaluate(_WholeInputDetector(), loader)
+    metrics = family.evaluate(_WholeInputDetector(), loader)
     assert metrics["per_label_metrics"]["red"]["recall"] == 0.0
     # At the default 0.25 each tile box (half the image) is a duplicate of the image's box.
-    ops = TiledYoloOps(tiling=Tiling((2, 1), 0.0), **options)
-    [(_, predictions)] = list(ops.predict(_WholeInputDetector(), loader, stage="prediction"))
-    assert [len(p["boxes"]) for p in predictions] == [1, 1]
+    family = _family(**options)
+    found = list(family.predict(_WholeInputDetector(), loader, stage="prediction"))
+    assert [len(f.predictions["boxes"]) for f in found] == [1, 1]
 
 
-def _settings(**values):
-    base = {"model_name": "yolov5", "model_size": "small", "pretrained": False, "img_size": 64,
-            "training_batch_size": 2, "validation_batch_size": 6, "num_workers": 0, "seed": 0,
-            "tile_grid_size": "2x1", "tile_overlap_ratio": 0.0}
-    return resolve_settings(OD, {**base, **values})
-
-
-def test_pipeline_batches_images_with_their_tiles(tmp_path):
+def test_family_for_batches_images_with_their_tiles(tmp_path):
     records = [_scene(tmp_path, f"{i}.png") for i in range(3)]
-    train_loader, val_loader, ops = yolo_pipeline(_settings(), records, records, CLASSES, CPU, lambda f, s: None)
-    assert isinstance(ops, TiledYoloOps)
-    assert len(train_loader.dataset) == 9  # each image, its left tile and its right tile
+    family = _family()
+    loaders = family.training_loaders(records, records)
+    assert isinstance(family, TiledDetection) and isinstance(family.family, YoloFamily)
+    assert len(loaders.train.dataset) == 9  # each image, its left tile and its right tile
     # validation_batch_size 6 counts model inputs: 6 // (1 + 2 tiles) = 2 images per batch.
-    assert [len(b.tiles) for b in val_loader] == [6, 3]
+    assert [len(b.tiles) for b in loaders.validation] == [6, 3]
 
 
 def test_train_and_predict_with_tiles(tmp_path):

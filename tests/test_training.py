@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from conftest import TINY_SETTINGS, write_color_dataset
+from visionsweep.checkpoint import load_checkpoint, load_for_incremental_training
 from visionsweep.errors import CheckpointError
+from visionsweep.families.base import ModelFamily
+from visionsweep.families.classification.family import class_weights
 from visionsweep.models import create_model
 from visionsweep.training import train
-from visionsweep.checkpoint import load_checkpoint, load_for_incremental_training
-from visionsweep.training.classification import class_weights
 from visionsweep.training.early_stopping import EarlyStopping
-from visionsweep.training.loop import LoopConfig, TaskOps, fit
+from visionsweep.training.loop import LoopConfig, fit
 from visionsweep.training.optim import build_optimizer, parameter_groups
 from visionsweep.training.schedulers import Schedule, step_factor, warmup_cosine_factor
 
@@ -101,12 +102,22 @@ def test_nan_is_never_best():
 
 # --- the loop on a toy problem ------------------------------------------------------------------
 
-class _ToyOps(TaskOps):
-    """Linear regression; ``scores`` scripts the validation metric per evaluation."""
+class _ToyFamily(ModelFamily):
+    """Linear regression; ``scores`` scripts the validation metric per evaluation. The loop is handed its
+    loaders and never predicts, so the family builds no loaders and makes no predictions."""
 
     def __init__(self, scores=None):
         self.scores = list(scores or [])
         self.evaluated_at = []
+
+    def training_loaders(self, train, validation):
+        raise NotImplementedError
+
+    def prediction_loader(self, records):
+        raise NotImplementedError
+
+    def predict_batch(self, model, batch, stage):
+        raise NotImplementedError
 
     def train_step(self, model, batch):
         x, y = batch
@@ -115,7 +126,6 @@ class _ToyOps(TaskOps):
     def evaluate(self, model, loader):
         self.evaluated_at.append(len(self.evaluated_at))
         return {"score": self.scores.pop(0) if self.scores else 0.0}
-
 
 
 def _toy_data(n=8):
@@ -129,12 +139,12 @@ def _fit(model, batch_size, accumulation, epochs=1, scores=None, on_epoch_end=No
     loader = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = Schedule(optimizer, "step", steps_per_epoch=1, epochs=epochs, step_size=1000)
-    ops = _ToyOps(scores)
-    result = fit(model, ops, loader, [None], optimizer, schedule,
+    family = _ToyFamily(scores)
+    result = fit(model, family, loader, [None], optimizer, schedule,
                  LoopConfig(number_of_epochs=epochs, primary_metric="score", grad_accumulation_step=accumulation,
                             progress=False, **config),
                  device=torch.device("cpu"), on_epoch_end=on_epoch_end)
-    return result, ops
+    return result, family
 
 
 def test_gradient_accumulation_matches_a_larger_batch():
@@ -148,13 +158,13 @@ def test_gradient_accumulation_matches_a_larger_batch():
 
 
 def test_evaluation_frequency_and_early_stop_in_the_loop():
-    result, ops = _fit(nn.Linear(3, 1), 4, 1, epochs=20, scores=[0.5, 0.6, 0.6, 0.4, 0.4, 0.4],
-                       evaluation_frequency=3, early_stopping_patience=2, early_stopping_delay=0)
+    result, family = _fit(nn.Linear(3, 1), 4, 1, epochs=20, scores=[0.5, 0.6, 0.6, 0.4, 0.4, 0.4],
+                          evaluation_frequency=3, early_stopping_patience=2, early_stopping_delay=0)
     # evaluated at epochs 1, 4, 7, 10: the tie at 7 becomes the best without resetting patience, and
     # the drop at 10 is the second evaluation without improvement
     assert result.status == "early_stopped"
     assert (result.epochs_run, result.best_epoch, result.best_score) == (10, 7, 0.6)
-    assert len(ops.evaluated_at) == 4
+    assert len(family.evaluated_at) == 4
 
 
 def test_cancel_from_the_epoch_callback_keeps_the_best_weights():
@@ -172,7 +182,7 @@ def test_cancel_from_the_epoch_callback_keeps_the_best_weights():
 
 
 def test_hooks_for_a_moving_average_of_weights():
-    class AveragingOps(_ToyOps):
+    class AveragingFamily(_ToyFamily):
         """Keeps a copy of the weights updated after every optimizer step, evaluated instead of the model."""
 
         def __init__(self, scores):
@@ -190,7 +200,7 @@ def test_hooks_for_a_moving_average_of_weights():
             return self.average
 
     model = nn.Linear(3, 1)
-    ops = AveragingOps([0.9, 0.1])
+    family = AveragingFamily([0.9, 0.1])
     x, y = _toy_data()[0]
     loader = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -200,10 +210,10 @@ def test_hooks_for_a_moving_average_of_weights():
         if report.is_best:
             kept_at_best.update({k: v.clone() for k, v in kept.state_dict().items()})
 
-    fit(model, ops, loader, [None], optimizer, Schedule(optimizer, "step", steps_per_epoch=4, epochs=2, step_size=9),
+    fit(model, family, loader, [None], optimizer, Schedule(optimizer, "step", steps_per_epoch=4, epochs=2, step_size=9),
         LoopConfig(number_of_epochs=2, primary_metric="score", progress=False), device=torch.device("cpu"),
         on_epoch_end=on_epoch_end)
-    assert ops.steps == 8  # one call per optimizer step
+    assert family.steps == 8  # one call per optimizer step
     assert torch.equal(model.weight, kept_at_best["weight"])  # the model ends with the kept weights of epoch 1
 
 

@@ -1,5 +1,5 @@
 """YOLOv5 wired into visionsweep: the registry (sizes, weights per model_size, the vendor file reader,
-freezing), the training ops (a step, EMA hooks, multi_scale, unreadable images), a run through ``train``
+freezing), the family (a training step, EMA hooks, multi_scale, unreadable images), a run through ``train``
 saving the averaged weights, and prediction (un-letterboxed boxes in the scoring format)."""
 from __future__ import annotations
 
@@ -16,20 +16,23 @@ from torch import nn
 
 import visionsweep.training.run as run_module
 from visionsweep import api
+from visionsweep.checkpoint import load_checkpoint, save_checkpoint
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import WeightsUnavailableError
-from visionsweep.inference import yolo as yolo_inference
-from visionsweep.inference.model_folder import TrainedModel
+from visionsweep.families.selection import family_for
+from visionsweep.families.yolo import YoloFamily
+from visionsweep.families.yolo.dataset import YoloElementDataset, collate_yolo
+from visionsweep.families.yolo.family import yolo_targets_to_pixels
+from visionsweep.inference import detection as detection_inference
+from visionsweep.inference.model_folder import TrainedModel, load_trained_model
 from visionsweep.models import create_model, get_model_spec, list_models
 from visionsweep.models.weights import read_state_dict
 from visionsweep.models.yolo import BACKBONE_LAYER_GROUPS, build_yolov5
 from visionsweep.models.yolo.weights import read_vendor_checkpoint
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task
-from visionsweep.checkpoint import load_checkpoint, save_checkpoint
-from visionsweep.training.yolo import ReportingYoloDataset, collate_yolo, yolo_pipeline, yolo_targets_to_pixels
 
 OD = Task.OBJECT_DETECTION
 CLASSES = ["blue", "red"]
@@ -62,12 +65,15 @@ def _settings(**values):
     return resolve_settings(OD, {**base, **values})
 
 
-def _pipeline(tmp_path, **values):
+def _family(tmp_path, **values):
+    """The family ``family_for`` picks for ``_settings(**values)``, its loaders on four scenes (training and
+    validation alike), and the failures it reports."""
     records = read_labeled_data(_write_scenes(tmp_path), OD).records
     failures = []
-    train_loader, val_loader, ops = yolo_pipeline(_settings(**values), records, records, CLASSES, CPU,
-                                                  lambda found, stage: failures.append((stage, found)))
-    return train_loader, val_loader, ops, failures
+    family = family_for(_settings(**values), CLASSES, CPU, lambda found, stage: failures.append((stage, found)))
+    assert isinstance(family, YoloFamily)
+    loaders = family.training_loaders(records, records)
+    return loaders.train, loaders.validation, family, failures
 
 
 # --- registry and weights ---------------------------------------------------------------------------
@@ -207,7 +213,7 @@ def test_vendor_reader_never_calls_what_the_file_names(tmp_path):
 
 
 def test_layers_to_freeze_keeps_the_frozen_backbone_unchanged_by_a_step(tmp_path):
-    train_loader, _, ops, _ = _pipeline(tmp_path)
+    train_loader, _, family, _ = _family(tmp_path)
     model = create_model("yolov5", 2, model_size="small", pretrained=False, layers_to_freeze=3)
     frozen = ("model.0.", "model.1.", "model.2.")
     assert all(p.requires_grad == (not n.startswith(frozen)) for n, p in model.named_parameters())
@@ -215,7 +221,7 @@ def test_layers_to_freeze_keeps_the_frozen_backbone_unchanged_by_a_step(tmp_path
     from visionsweep.models.freezing import train_mode
     train_mode(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    loss, count = ops.train_step(model, next(iter(train_loader)))
+    loss, count = family.train_step(model, next(iter(train_loader)))
     loss.backward()
     optimizer.step()
     after = model.state_dict()
@@ -228,46 +234,46 @@ def test_layers_to_freeze_keeps_the_frozen_backbone_unchanged_by_a_step(tmp_path
     assert not torch.equal(after["model.4.bn.running_mean"], before["model.4.bn.running_mean"])
 
 
-# --- training ops ------------------------------------------------------------------------------------
+# --- the family --------------------------------------------------------------------------------------
 
 
 def test_train_step_loss_and_the_averaged_weights_hooks(tmp_path):
-    train_loader, _, ops, _ = _pipeline(tmp_path)
+    train_loader, _, family, _ = _family(tmp_path)
     model = create_model("yolov5", 2, model_size="small", pretrained=False)
     model.train()
-    assert ops.weights_to_keep(model) is model  # before any step there is no average yet
+    assert family.weights_to_keep(model) is model  # before any step there is no average yet
     batch = next(iter(train_loader))
     assert batch.images.dtype == torch.uint8 and tuple(batch.images.shape) == (2, 3, 64, 64)
-    loss, count = ops.train_step(model, batch)
+    loss, count = family.train_step(model, batch)
     assert count == 2 and loss.requires_grad and 0 < loss.item() < 100
     loss.backward()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter -= 0.1 * parameter.grad
-    ops.after_optimizer_step(model)
-    kept = ops.weights_to_keep(model)
-    assert kept is ops.ema.module and kept is not model and ops.ema.updates == 1
+    family.after_optimizer_step(model)
+    kept = family.weights_to_keep(model)
+    assert kept is family.ema.module and kept is not model and family.ema.updates == 1
     # One update blends in 1 - d of the new weights: d = 0.9999 (1 - exp(-1 / 2000)), about 5e-4.
     d = 0.9999 * (1 - np.exp(-1 / 2000))
     name = "model.24.m.0.bias"
     old = (dict(model.named_parameters())[name] + 0.1 * dict(model.named_parameters())[name].grad).detach()
     new = dict(model.named_parameters())[name].detach()
     assert torch.allclose(dict(kept.named_parameters())[name], d * old + (1 - d) * new, atol=1e-6)
-    metrics = ops.training_metrics()
+    metrics = family.training_metrics()
     assert set(metrics) == {"train_box_loss", "train_obj_loss", "train_cls_loss"}
     assert sum(metrics.values()) * 2 == pytest.approx(loss.item(), rel=1e-5)  # the loss is per image x batch size
-    assert ops.training_metrics() == {}  # reset for the next epoch
+    assert family.training_metrics() == {}  # reset for the next epoch
 
 
 def test_multi_scale_feeds_each_batch_a_stride_multiple_around_img_size(tmp_path):
     sizes = []
     for multi_scale in (True, False):
-        train_loader, _, ops, _ = _pipeline(tmp_path, multi_scale=multi_scale)
+        train_loader, _, family, _ = _family(tmp_path, multi_scale=multi_scale)
         model = create_model("yolov5", 2, model_size="small", pretrained=False).train()
         hook = model.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
         batch = next(iter(train_loader))
         for _ in range(8):
-            ops.train_step(model, batch)
+            family.train_step(model, batch)
         hook.remove()
     scaled, fixed = sizes[:8], sizes[8:]
     assert fixed == [(64, 64)] * 8
@@ -280,11 +286,11 @@ def test_unreadable_images_are_reported_not_raised(tmp_path):
     records = read_labeled_data(jsonl, OD).records
     (tmp_path / "1.png").write_bytes(b"not an image any more")
     from visionsweep.families.yolo.pipeline import YoloTrainTransform
-    validation = ReportingYoloDataset(records, CLASSES, 64)
+    validation = YoloElementDataset(records, CLASSES, 64)
     assert validation[1].image is None and validation[1].failures[0][0] == 1
     batch = collate_yolo([validation[0], validation[1]])
     assert len(batch.images) == 1 and batch.indices.tolist() == [0] and batch.failures[0][0] == 1
-    training = ReportingYoloDataset(records, CLASSES, 64, YoloTrainTransform(64, mosaic=True))
+    training = YoloElementDataset(records, CLASSES, 64, YoloTrainTransform(64, mosaic=True))
     torch.manual_seed(0)  # the dataset's generator follows the torch seed
     items = [training[0] for _ in range(4)]  # 12 mosaic partners drawn from both images
     assert all(item.image is not None and item.image.shape == (3, 64, 64) for item in items)
@@ -301,26 +307,27 @@ def test_yolo_targets_to_pixels_by_hand():
 
 def test_a_run_saves_and_ends_with_the_averaged_weights(tmp_path, monkeypatch):
     captured = {}
-    real = run_module._MODEL_PIPELINES["yolov5"]
+    real = run_module.family_for
 
-    def spying_pipeline(*args):
-        train_loader, val_loader, ops = real(*args)
-        keep = ops.weights_to_keep
+    def spying_family_for(*args):
+        family = real(*args)
+        keep = family.weights_to_keep
 
         def weights_to_keep(model):
             captured["raw"] = {k: v.clone() for k, v in model.state_dict().items()}
             return keep(model)
 
-        ops.weights_to_keep = weights_to_keep
-        captured["ops"] = ops
-        return train_loader, val_loader, ops
+        family.weights_to_keep = weights_to_keep
+        captured["family"] = family
+        return family
 
-    monkeypatch.setitem(run_module._MODEL_PIPELINES, "yolov5", spying_pipeline)
+    monkeypatch.setattr(run_module, "family_for", spying_family_for)
     data = _write_scenes(tmp_path)
     settings = _settings(number_of_epochs=1, validation_metric_type="coco_voc", log_training_metrics="Enable")
     result = run_module.train(OD, data, data, settings=settings, output=tmp_path / "run", progress=False)
     saved = load_checkpoint(result.model_dir / "model.pt")["model_state"]
-    averaged = captured["ops"].ema.module.state_dict()
+    assert isinstance(captured["family"], YoloFamily)
+    averaged = captured["family"].ema.module.state_dict()
     assert set(saved) == set(averaged)
     assert all(torch.equal(saved[k], averaged[k]) for k in saved)
     assert any(not torch.equal(saved[k], captured["raw"][k]) for k in saved if k.endswith(".weight"))
@@ -356,7 +363,7 @@ def test_predictions_are_unletterboxed_to_fractions_of_the_original_image(tmp_pa
             {"label": "red", "topX": 0.25, "topY": 0.25, "bottomX": 0.75, "bottomY": 0.75}]})
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     records = read_labeled_data(tmp_path / "data.jsonl", OD).records
-    out = list(yolo_inference.predict_lines(_fixed_model(tmp_path), records, DataReport(source="test")))
+    out = list(detection_inference.predict_lines(_fixed_model(tmp_path), records, DataReport(source="test")))
     # wide: 200x100 -> 64x32, padded 16 above: input (16, 24, 48, 40) is original (50, 25, 150, 75)
     wide, tall = out
     assert wide["filename"] == "wide.png" and len(wide["boxes"]) == 1
@@ -364,7 +371,7 @@ def test_predictions_are_unletterboxed_to_fractions_of_the_original_image(tmp_pa
     assert list(wide["boxes"][0]["box"].values()) == pytest.approx([0.25, 0.25, 0.75, 0.75])
     # tall: 100x200 -> 32x64, padded 16 left: the same input box is original (0, 75, 100, 125)
     assert list(tall["boxes"][0]["box"].values()) == pytest.approx([0.0, 0.375, 1.0, 0.625])
-    metrics = yolo_inference.evaluate_model(_fixed_model(tmp_path), records, DataReport(source="test"))
+    metrics = detection_inference.evaluate_model(_fixed_model(tmp_path), records, DataReport(source="test"))
     # Scored in original pixels: the wide image's box is a hit, the tall one's (IoU 1/3) a false positive.
     red = metrics["per_label_metrics"]["red"]
     assert (red["precision"], red["recall"]) == (pytest.approx(0.5), pytest.approx(0.5))
@@ -380,7 +387,9 @@ def test_predict_from_a_model_folder_writes_the_scoring_format(tmp_path):
     model = create_model("yolov5", 2, model_size="small", pretrained=False)
     save_checkpoint(tmp_path / "model" / "model.pt", model=model, task=OD.value, model_name="yolov5",
                     labels=CLASSES, settings=settings.to_dict(), epoch=0, score=None, metrics={})
-    assert api._inference(OD, "yolov5") is yolo_inference
+    assert api._format(OD) is detection_inference
+    trained = load_trained_model(tmp_path / "model", device="cpu")
+    assert isinstance(family_for(trained.settings, trained.labels, trained.device, lambda f, s: None), YoloFamily)
     result = api.predict(tmp_path / "model", folder, output=tmp_path / "p.jsonl",
                          settings={"box_score_thresh": 0.005})
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -399,6 +408,6 @@ def test_predict_from_a_model_folder_writes_the_scoring_format(tmp_path):
 
 def test_prediction_reads_images_without_labels():
     record = ImageRecord(image_path=__import__("pathlib").Path("missing.png"), image_url="missing.png")
-    item = ReportingYoloDataset([record], CLASSES, 64)[0]
+    item = YoloElementDataset([record], CLASSES, 64)[0]
     assert item.image is None and "missing.png" in item.failures[0][1]
 

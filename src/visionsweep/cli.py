@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         return args.handler(args)
-    except (VisionSweepError, NotImplementedError) as error:
+    except VisionSweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
@@ -205,14 +205,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from visionsweep.models import list_models
+    from visionsweep.model_catalog import model_names
     from visionsweep.tasks import Task, parse_task
 
     tasks = [parse_task(args.task)] if args.task else list(Task)
     for task in tasks:
-        available = set(list_models(task))
-        names = [n + ("" if n in available else " (not available yet)") for n in task.model_names]
-        print(f"{task.value} (default {task.default_model}): {', '.join(names)}")
+        print(f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}")
     return 0
 
 

@@ -76,10 +76,6 @@ def label_offset(model_name: str) -> int:
     return _LABEL_OFFSETS[model_name]
 
 
-def is_rcnn_detector(model_name: str) -> bool:
-    return model_name in _LABEL_OFFSETS
-
-
 def resnet_fpn_backbone(depth: int, *, trainable_stages: int, returned_stages: tuple[int, ...] = (1, 2, 3, 4),
                         extra_blocks: nn.Module | None = None) -> BackboneWithFPN:
     """A ResNet trunk with frozen batch norm and a 256-channel FPN over ``returned_stages``.

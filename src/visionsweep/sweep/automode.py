@@ -54,20 +54,22 @@ LARGE_GPU_GIB = 10.0
 MEDIAN_STOPPING_FROM = 8
 LONGER_EPOCHS_FROM = 20
 
-# (model_name, extra fixed settings) per task and hardware tier, best first.
-_CANDIDATES: dict[str, dict[str, list[tuple[str, dict[str, Any]]]]] = {
-    "classification": {
-        "large_gpu": [("vitb16r224", {}), ("seresnext", {}), ("resnet50", {}), ("vits16r224", {}), ("resnest50", {})],
-        "small_gpu": [("vits16r224", {}), ("resnet50", {}), ("seresnext", {}), ("mobilenetv2", {})],
-        "cpu": [("mobilenetv2", {}), ("resnet18", {}), ("resnet34", {})],
-    },
-    "detection": {
+# (model_name, extra fixed settings) per hardware tier, best first.
+_CLASSIFIERS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "large_gpu": [("vitb16r224", {}), ("seresnext", {}), ("resnet50", {}), ("vits16r224", {}), ("resnest50", {})],
+    "small_gpu": [("vits16r224", {}), ("resnet50", {}), ("seresnext", {}), ("mobilenetv2", {})],
+    "cpu": [("mobilenetv2", {}), ("resnet18", {}), ("resnet34", {})],
+}
+_CANDIDATES: dict[Task, dict[str, list[tuple[str, dict[str, Any]]]]] = {
+    Task.CLASSIFICATION: _CLASSIFIERS,
+    Task.MULTILABEL: _CLASSIFIERS,
+    Task.OBJECT_DETECTION: {
         "large_gpu": [("yolov5", {"model_size": "medium"}), ("fasterrcnn_resnet50_fpn", {}),
                       ("retinanet_resnet50_fpn", {})],
         "small_gpu": [("yolov5", {"model_size": "small"}), ("fasterrcnn_resnet50_fpn", {})],
         "cpu": [("yolov5", {"model_size": "small"}), ("fasterrcnn_resnet18_fpn", {})],
     },
-    "segmentation": {
+    Task.INSTANCE_SEGMENTATION: {
         "large_gpu": [("maskrcnn_resnet50_fpn", {}), ("maskrcnn_resnet101_fpn", {})],
         "small_gpu": [("maskrcnn_resnet50_fpn", {}), ("maskrcnn_resnet34_fpn", {})],
         "cpu": [("maskrcnn_resnet18_fpn", {}), ("maskrcnn_resnet50_fpn", {})],
@@ -121,9 +123,7 @@ def plan_automode(task: Task, max_trials: int, hardware: Hardware,
     docstring). ``fixed`` are the job's training_parameters: they are never swept, and a fixed
     ``model_name`` pins the model."""
     fixed = {canonical_key(k): v for k, v in (fixed or {}).items()}
-    family = "classification" if task.is_classification else (
-        "detection" if task is Task.OBJECT_DETECTION else "segmentation")
-    candidates = _CANDIDATES[family][hardware.tier]
+    candidates = _CANDIDATES[task][hardware.tier]
     reasons = [f"hardware: {hardware.gpus} GPU(s), smallest {hardware.gpu_memory_gib:.0f} GiB, {hardware.cpus} CPU "
                f"core(s) -> {hardware.tier.replace('_', ' ')} model list"]
     if "model_name" in fixed:

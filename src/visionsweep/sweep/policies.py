@@ -44,6 +44,8 @@ Open choices the reference leaves, and ours:
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -261,8 +263,9 @@ class _AzurePolicy(BasePruner):
             return False
         return self.decide([_history(p, t) for p in peers], mine, t, study.direction == StudyDirection.MAXIMIZE)
 
+    @abstractmethod
     def decide(self, peer_histories: list[list[float]], my_history: list[float], t: int, maximize: bool) -> bool:
-        raise NotImplementedError
+        """Whether to stop the trial at step ``t``, from the peers' histories and its own."""
 
     def _peer_states(self) -> tuple[TrialState, ...]:
         return _PEER_STATES
