@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
 from visionsweep.evaluation.coco import CocoEvaluator
-from visionsweep.evaluation.detection import VocEvaluator, class_metrics
+from visionsweep.evaluation.voc import VocEvaluator, class_metrics
 
 
 def synthetic_set(images: int, classes: int, objects: int, predictions: int, seed: int = 0):

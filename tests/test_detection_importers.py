@@ -10,7 +10,10 @@ from pycocotools.coco import COCO
 
 from visionsweep.data import convert, read_labeled_data
 from visionsweep.data import detection_labels  # noqa: F401  (registers the detection label parser)
-from visionsweep.data.detection_importers import export_coco, import_coco, import_voc, import_yolo
+from visionsweep.data.detection_formats.coco import import_coco
+from visionsweep.data.detection_formats.coco_export import export_coco
+from visionsweep.data.detection_formats.voc import import_voc
+from visionsweep.data.detection_formats.yolo import import_yolo
 from visionsweep.data.importers import importer_names
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.errors import DataError

@@ -13,20 +13,18 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from visionsweep.evaluation import detection
+from visionsweep.evaluation import voc as voc_module
 from visionsweep.evaluation.coco import COCO_METRIC_NAMES, COCO_SUMMARY_LINES, CocoEvaluator
-from visionsweep.evaluation.detection import (
+from visionsweep.evaluation.detection import DetectionEvaluation, evaluate_detections
+from visionsweep.evaluation.detections import read_detections, read_ground_truth
+from visionsweep.evaluation.voc import (
     FALSE_POSITIVE as FP,
     IGNORED as OTHER,
     TRUE_POSITIVE as TP,
-    DetectionEvaluation,
     VocEvaluator,
     average_precision,
     class_metrics,
-    evaluate_detections,
     match_images,
-    read_detections,
-    read_ground_truth,
 )
 
 CLASSES = ["cat", "dog"]
@@ -265,7 +263,7 @@ def _random_images(rng, count, classes=3, max_objects=6, max_predictions=12, siz
 
 @pytest.mark.parametrize("block_elements", [1 << 21, 50])
 def test_vectorised_matching_equals_the_plain_loop(monkeypatch, block_elements):
-    monkeypatch.setattr(detection, "_BLOCK_ELEMENTS", block_elements)  # 50 forces many small blocks
+    monkeypatch.setattr(voc_module, "_BLOCK_ELEMENTS", block_elements)  # 50 forces many small blocks
     rng = np.random.default_rng(0)
     predictions, truths = _random_images(rng, 300)
     for threshold in (0.3, 0.5, 0.7):

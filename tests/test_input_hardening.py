@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import TINY_SETTINGS, write_color_dataset
 from visionsweep.cli import main
 from visionsweep.data.jsonl import read_labeled_data
-from visionsweep.data.detection_importers import import_yolo
+from visionsweep.data.detection_formats.yolo import import_yolo
 from visionsweep.errors import DataError, SettingsError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.settings import load_settings_file, parse_set_options, resolve_settings

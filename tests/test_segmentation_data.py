@@ -11,7 +11,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from visionsweep.data import convert, read_labeled_data
-from visionsweep.data.detection_importers import export_coco, import_coco, import_yolo
+from visionsweep.data.detection_formats.coco import import_coco
+from visionsweep.data.detection_formats.coco_export import export_coco
+from visionsweep.data.detection_formats.yolo import import_yolo
 from visionsweep.data.detection_labels import parse_segmentation_label
 from visionsweep.data.labels import BadLabel, label_parser
 from visionsweep.data.records import ImageRecord, ObjectAnnotation

@@ -126,7 +126,7 @@ def test_a_json_lines_record_with_a_key_twice_is_one_malformed_line(tmp_path):
 
 
 def test_a_coco_file_with_a_key_twice_is_refused_whole(tmp_path):
-    from visionsweep.data.detection_importers import import_coco
+    from visionsweep.data.detection_formats.coco import import_coco
 
     coco = tmp_path / "coco.json"
     coco.write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], '

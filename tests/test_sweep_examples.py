@@ -18,12 +18,13 @@ import yaml
 from visionsweep.cli import main
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.model_catalog import model_names
+from visionsweep.settings import merge_settings, resolve_settings
 from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import DEFAULT_TIMEOUT_MINUTES, load_job, parse_job
 from visionsweep.sweep.plan import plan_sweep
 from visionsweep.sweep.sampling import make_sampler
-from visionsweep.sweep.space import merge_settings, suggest, validate_config
+from visionsweep.sweep.space import suggest
 from visionsweep.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_example_loads_plans_and_every_trial_validates(path):
         drawn = _draw_every_trial(job, plan)
         assert len(drawn) == plan.budget
         # Each drawn configuration resolves with the schema into settings for one of the allowed models.
-        picked = {validate_config(task, settings).model_name for settings in drawn}
+        picked = {resolve_settings(task, settings).model_name for settings in drawn}
         assert picked <= (models or set(model_names(task))) and picked
         if models is not None and plan.sampling.seed is not None:
             assert picked == models  # the seeded quick sweep tries both families

@@ -9,10 +9,13 @@ import pytest
 from scipy import stats
 
 from visionsweep.errors import SettingsError
+from visionsweep.settings import resolve_settings
+from visionsweep.settings.partial import cast_value
+from visionsweep.sweep.distributions import Distribution
 from visionsweep.sweep.space import (
-    SUBSPACE_PARAM, Distribution, cast_value, check_space, grid_points, parse_expression, parse_object,
-    parse_search_space, parse_value, suggest, validate_config,
+    SUBSPACE_PARAM, grid_points, parse_expression, parse_object, parse_search_space, parse_value, suggest,
 )
+from visionsweep.sweep.space_checks import check_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -204,7 +207,7 @@ def test_sampled_values_arrive_cast():
 
 def test_the_schema_rejects_a_sampled_value():
     with pytest.raises(SettingsError) as error:
-        validate_config("image_classification", {"model_name": "resnet18", "learning_rate": 1.5})
+        resolve_settings("image_classification", {"model_name": "resnet18", "learning_rate": 1.5})
     assert any(p.startswith("learning_rate: got 1.5") for p in error.value.problems)
 
 

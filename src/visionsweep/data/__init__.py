@@ -1,5 +1,5 @@
 """Data: records, JSONL/MLTable reading and writing, importers, the data report, splits, datasets."""
-from visionsweep.data import detection_importers, detection_labels  # noqa: F401  (register parsers, importers)
+from visionsweep.data import detection_formats, detection_labels  # noqa: F401  (register parsers, importers)
 from visionsweep.data.importers import ImportResult, convert, importer_names
 from visionsweep.data.jsonl import read_labeled_data, write_jsonl
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation

@@ -1,6 +1,6 @@
 """COCO evaluation through pycocotools: the twelve standard numbers, for boxes ("bbox") or masks ("segm").
 
-Inputs are the per-image prediction and ground-truth dicts of ``visionsweep.evaluation.detection``. The
+Inputs are the per-image prediction and ground-truth dicts of ``visionsweep.evaluation.detections``. The
 evaluator collects them incrementally and builds the pycocotools index once in ``compute``: image ids
 are 1, 2, ... in the order added, category ids are class index + 1, annotation ids start at 1 (COCOeval
 treats id 0 as "unmatched"). IoU thresholds 0.50:0.05:0.95, 101 recall points and maxDets 1/10/100 are
@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from visionsweep.evaluation.detection import Detections, GroundTruth, IouType, read_detections, read_ground_truth
+from visionsweep.evaluation.detections import Detections, GroundTruth, IouType, read_detections, read_ground_truth
 
 CocoBackend = Literal["pycocotools", "faster-coco-eval"]
 COCO_BACKENDS: tuple[str, ...] = ("pycocotools", "faster-coco-eval")

@@ -47,6 +47,7 @@ AZURE_ONLY_KEYS = frozenset({
     "print_local_package_versions", "output_scoring", "validate_scoring", "log_scoring_file_info",
     "distributed", "label_column_name", "project_id", "version_number",
 })
+AZURE_ONLY_NOTE = "is ignored: it only configures Azure services"
 
 _ADVANCED_KEYS = {"stream_image_files", "apply_automl_train_augmentations", "apply_mosaic_for_yolo"}
 
@@ -66,11 +67,11 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
         problems.append(f"model_name: got {model_name!r}; allowed for {task}: {', '.join(model_names(task))}")
         model_name = task.default_model  # keep validating the other keys against the default model
     for key in list(given):
-        scope = scope_of(key)
-        if task not in scope.tasks:
-            problems.append(f"{key}: does not apply to {task}; it is a setting of {scope.describe()}")
+        problem = scope_problem(task, key)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
             del given[key]
-        elif not scope.covers(task, model_name):
+        elif not scope_of(key).covers(task, model_name):
             notes.append(f"{key}={given[key]!r} has no effect with model_name {model_name}")
     metric = given.get("primary_metric")
     if metric is not None and metric not in task.primary_metric_choices:
@@ -151,8 +152,8 @@ def override_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -
     an override of ``lr_scheduler`` replaces a ``learning_rate_scheduler`` of ``values``, and one of
     ``apply_mosaic_for_yolo`` replaces that key inside ``values``' ``advanced_settings``. (Within one
     source, two spellings of a setting are a problem for ``resolve_settings``.)"""
-    replaced = {ALIASES.get(key, key) for key in overrides}
-    merged = {key: value for key, value in values.items() if ALIASES.get(key, key) not in replaced}
+    replaced = {canonical_key(key) for key in overrides}
+    merged = {key: value for key, value in values.items() if canonical_key(key) not in replaced}
     advanced = merged.get("advanced_settings")
     if advanced is not None and replaced & _ADVANCED_KEYS:
         unpacked, problems = _unpack_advanced(advanced)
@@ -161,8 +162,38 @@ def override_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -
     return {**merged, **overrides}
 
 
+def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge setting mappings, later layers winning, with every key under its runtime name."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merged[canonical_key(key)] = value
+    return merged
+
+
+def canonical_key(key: str) -> str:
+    """The runtime name of a setting (Azure's v2 names map through ``ALIASES``)."""
+    return ALIASES.get(key, key)
+
+
 def all_setting_names() -> list[str]:
     return [name for name in Settings.model_fields if name != "task"]
+
+
+def unknown_setting(key: str) -> str:
+    """Why ``key`` is not a setting, with the nearest valid name when there is one."""
+    candidates = all_setting_names() + list(ALIASES)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "see docs/settings.md for the list"
+    return f"unknown setting; {hint}"
+
+
+def scope_problem(task: Task, name: str) -> str | None:
+    """Why the setting ``name`` (a runtime name) does not apply to ``task``; None when it does."""
+    scope = scope_of(name)
+    if task not in scope.tasks:
+        return f"does not apply to {task}; it is a setting of {scope.describe()}"
+    return None
 
 
 def _canonical_keys(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
@@ -182,11 +213,11 @@ def _canonical_keys(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], 
     given: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in values.items():
-        name = ALIASES.get(key, key)
+        name = canonical_key(key)
         if name in AZURE_ONLY_KEYS:
-            notes.append(f"{key}={value!r} is ignored: it only configures Azure services")
+            notes.append(f"{key}={value!r} {AZURE_ONLY_NOTE}")
         elif name not in known:
-            problems.append(_unknown_key(key))
+            problems.append(f"{key}: {unknown_setting(key)}")
         elif name in given:
             problems.append(f"{key} and {spelled[name]} are the same setting; give only one")
         else:
@@ -209,13 +240,6 @@ def _unpack_advanced(raw: Any) -> tuple[dict[str, Any], list[str]]:
     if unknown:
         return {}, [f"advanced_settings: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ADVANCED_KEYS))}"]
     return raw, []
-
-
-def _unknown_key(key: str) -> str:
-    candidates = all_setting_names() + list(ALIASES)
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else "; see docs/settings.md for the list"
-    return f"{key}: unknown setting{hint}"
 
 
 def _describe(error: ValidationError, given: Mapping[str, Any]) -> list[str]:

@@ -44,10 +44,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from visionsweep.settings import canonical_key
 from visionsweep.settings.defaults import task_model_defaults
+from visionsweep.sweep.distributions import Distribution
 from visionsweep.sweep.policies import PolicySpec
 from visionsweep.sweep.sampling import SamplingSpec
-from visionsweep.sweep.space import SUBSPACE_PARAM, Distribution, SearchSpace, SubSpace, canonical_key
+from visionsweep.sweep.space import SUBSPACE_PARAM, SearchSpace, SubSpace
 from visionsweep.tasks import Task
 
 LARGE_GPU_GIB = 10.0

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from visionsweep.errors import SettingsError
+from visionsweep.settings import merge_settings, resolve_settings
+from visionsweep.settings.partial import check_base_settings, check_setting_names, known_settings
 from visionsweep.sweep.policies import PolicySpec, parse_policy
 from visionsweep.sweep.sampling import SamplingSpec, check_sampling, parse_sampling
-from visionsweep.sweep.space import (
-    SearchSpace, check_base_settings, check_setting_names, check_space, known_settings, merge_settings,
-    parse_search_space, validate_config,
-)
+from visionsweep.sweep.space import SearchSpace, parse_search_space
+from visionsweep.sweep.space_checks import check_space
 from visionsweep.sweep.trial_checks import check_trials
 from visionsweep.tasks import Task, parse_task
 from visionsweep.yaml_files import YamlError, read_yaml_file
@@ -257,7 +257,7 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
             job_notes.extend(space_notes)
         else:
             try:
-                validate_config(task, base)
+                resolve_settings(task, base)
             except SettingsError as error:
                 # Rules between keys; one that names a rejected key only echoes that key's problem.
                 rejected = set(named) - set(base)

@@ -50,6 +50,7 @@ import optuna
 from optuna.trial import TrialState
 
 from visionsweep.errors import SettingsError
+from visionsweep.settings import merge_settings, resolve_settings
 from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import Job
@@ -64,7 +65,7 @@ from visionsweep.sweep.sampling import make_sampler
 from visionsweep.sweep.slots import (
     claim_slot, mark_interrupted, reap_stale_trials, trial_status, work_left,
 )
-from visionsweep.sweep.space import SearchSpace, merge_settings, suggest, validate_config
+from visionsweep.sweep.space import SearchSpace, suggest
 from visionsweep.sweep.storage import mask_url, open_storage, open_study, study_seed
 from visionsweep.sweep.trial_checks import check_trials
 from visionsweep.sweep.trial_process import (
@@ -327,7 +328,7 @@ class _Worker:
         settings = merge_settings(self.job.base_settings(), sample.values)
         trial_dir.mkdir(parents=True, exist_ok=True)
         try:
-            validate_config(self.job.task, settings)
+            resolve_settings(self.job.task, settings)
         except SettingsError as error:
             self._close(trial, trial_dir, now, {"status": attrs.FAILED, "error": {
                 "kind": "invalid_settings", "type": "SettingsError",

@@ -1,4 +1,4 @@
-"""The search-space grammar of Azure image jobs, sampling through Optuna, and checks against the schema.
+"""The search-space grammar of Azure image jobs, and sampling a trial's values from it through Optuna.
 
 A search space is a list of *sub-spaces*. Each sub-space maps hyperparameter names to a fixed
 value or a distribution, and a trial draws from exactly one sub-space (a conditional space).
@@ -7,39 +7,9 @@ Distributions are written in either of Azure's two spellings::
     learning_rate: "uniform(0.001, 0.01)"                         # string form
     learning_rate: {type: uniform, min_value: 0.001, max_value: 0.01}  # object form
 
-Reference semantics (spec/sweeps-and-peers.md, A.8), which we reproduce exactly:
-
-=============  ========================  ==============================================
-expression     parameters                value
-=============  ========================  ==============================================
-choice         values                    one of the values
-randint        upper                     integer in [0, upper)
-uniform        min_value, max_value      U(min, max)
-quniform       min_value, max_value, q   round(U(min, max) / q) * q
-loguniform     min_value, max_value      exp(U(min, max))  (the bounds are exponents)
-qloguniform    min_value, max_value, q   round(exp(U(min, max)) / q) * q
-normal         mu, sigma                 N(mu, sigma), unbounded
-qnormal        mu, sigma, q              round(N(mu, sigma) / q) * q
-lognormal      mu, sigma                 exp(N(mu, sigma))
-qlognormal     mu, sigma, q              round(exp(N(mu, sigma)) / q) * q
-=============  ========================  ==============================================
-
-How values reach Optuna. Every distribution is sampled as one *raw* Optuna parameter and then
-mapped to its value by ``Distribution.from_raw``:
-
-* choice is a categorical parameter; randint an integer parameter on [0, upper - 1].
-* uniform and loguniform are float parameters on [min, max] and [exp(min), exp(max)] (log scale).
-* The q-variants sample the continuous parameter and round afterwards. Optuna's own ``step``
-  would anchor its grid at ``min`` and give every grid value equal weight, whereas the reference
-  rounds to multiples of q anchored at 0, so the end values get half weight and a value may
-  fall just outside [min, max]. Rounding afterwards keeps the reference's distribution exactly;
-  the Optuna parameter then holds the unrounded number and the trial's ``config`` the value used.
-* normal and lognormal families cannot be Optuna distributions, which are all bounded. They are
-  sampled through their quantile: the raw parameter ``<name>.quantile`` is a float u in
-  (1e-12, 1 - 1e-12) and the value is mu + sigma * inverse_normal_cdf(u). With a random sampler u
-  is uniform, so the value follows N(mu, sigma) exactly up to a cut at about 7 sigma; with the
-  Sobol sampler the transform gives a quasi-random normal sequence; TPE models u, a bounded
-  reparametrisation of the same distribution.
+What each distribution draws, and how it is sampled through Optuna, is in
+``visionsweep.sweep.distributions``; the check of a space against the schema in
+``visionsweep.sweep.space_checks``.
 
 Values are cast to the type the schema declares for the key: a float drawn for an integer key
 (``number_of_epochs: quniform(10, 30, 5)``) becomes ``int(round(value))``, an integer drawn for a
@@ -54,125 +24,20 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from statistics import NormalDist
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from visionsweep.errors import SettingsError
-from visionsweep.settings import ALIASES, Settings, all_setting_names, resolve_settings, scope_of
-from visionsweep.settings.resolve import AZURE_ONLY_KEYS
-from visionsweep.tasks import Task, parse_task
+from visionsweep.settings import canonical_key
+from visionsweep.settings.partial import cast_value
+from visionsweep.sweep.distributions import KINDS, PARAMETERS, SCALAR_TYPES, Distribution, jsonable, raw_choices
 
-# The parameters of each distribution, in positional order for the string form.
-PARAMETERS: dict[str, tuple[str, ...]] = {
-    "choice": ("values",),
-    "randint": ("upper",),
-    "uniform": ("min_value", "max_value"),
-    "quniform": ("min_value", "max_value", "q"),
-    "loguniform": ("min_value", "max_value"),
-    "qloguniform": ("min_value", "max_value", "q"),
-    "normal": ("mu", "sigma"),
-    "qnormal": ("mu", "sigma", "q"),
-    "lognormal": ("mu", "sigma"),
-    "qlognormal": ("mu", "sigma", "q"),
-}
-KINDS = tuple(PARAMETERS)
-NORMAL_FAMILY = frozenset({"normal", "qnormal", "lognormal", "qlognormal"})
 SUBSPACE_PARAM = "subspace"
 """Name of the categorical Optuna parameter that picks the sub-space when there are several."""
 
-# The quantile range of the normal family: inverse_cdf(1e-12) is about -7.03 sigma.
-_QUANTILE_EPS = 1e-12
-_STANDARD_NORMAL = NormalDist()
-_PRIMITIVE = (str, int, float, bool, type(None))
 _NUMBER = (int, float)
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One parsed distribution. ``params`` holds the canonical parameter names of ``PARAMETERS``."""
-
-    kind: str
-    params: Mapping[str, Any]
-
-    @property
-    def values(self) -> tuple[Any, ...]:
-        """The choice values (empty for other kinds)."""
-        return tuple(self.params.get("values", ()))
-
-    @property
-    def is_choice(self) -> bool:
-        return self.kind == "choice"
-
-    def describe(self) -> str:
-        """The string spelling, e.g. ``uniform(0.001, 0.01)``; parsing it gives this distribution back."""
-        args = self.values if self.is_choice else tuple(self.params[p] for p in PARAMETERS[self.kind])
-        return f"{self.kind}({', '.join(_literal(a) for a in args)})"
-
-    def to_object(self) -> dict[str, Any]:
-        """The object spelling, e.g. ``{"type": "uniform", "min_value": 0.001, "max_value": 0.01}``."""
-        return {"type": self.kind, **{name: (list(v) if name == "values" else v) for name, v in self.params.items()}}
-
-    def raw_name(self, name: str) -> str:
-        """The Optuna parameter name that stores the raw draw for the key parameter ``name``."""
-        return f"{name}.quantile" if self.kind in NORMAL_FAMILY else name
-
-    def optuna_distribution(self) -> BaseDistribution:
-        """The bounded Optuna distribution of the raw parameter (see the module docstring)."""
-        p = self.params
-        if self.kind == "choice":
-            return CategoricalDistribution(_raw_choices(self.values))
-        if self.kind == "randint":
-            return IntDistribution(0, int(p["upper"]) - 1)
-        if self.kind in ("uniform", "quniform"):
-            return FloatDistribution(float(p["min_value"]), float(p["max_value"]))
-        if self.kind in ("loguniform", "qloguniform"):
-            return FloatDistribution(math.exp(p["min_value"]), math.exp(p["max_value"]), log=True)
-        return FloatDistribution(_QUANTILE_EPS, 1.0 - _QUANTILE_EPS)
-
-    def from_raw(self, raw: Any) -> Any:
-        """Map a raw Optuna draw to the distribution's value (before casting to the key's type)."""
-        kind, p = self.kind, self.params
-        if kind == "choice":
-            return self.values[_raw_choices(self.values).index(raw)]
-        if kind == "randint":
-            return int(raw)
-        if kind in NORMAL_FAMILY:
-            value = p["mu"] + p["sigma"] * _STANDARD_NORMAL.inv_cdf(float(raw))
-            if kind in ("lognormal", "qlognormal"):
-                value = math.exp(value)
-        else:
-            value = float(raw)
-        return _round_to(value, p["q"]) if "q" in p else value
-
-    def extremes(self) -> list[Any]:
-        """Values at the edges of the range: every choice, both ends otherwise (after rounding).
-
-        The normal family is unbounded; its entries are the 0.1 % and 99.9 % quantiles.
-        """
-        if self.is_choice:
-            return list(self.values)
-        dist = self.optuna_distribution()
-        if self.kind in NORMAL_FAMILY:
-            raws: list[Any] = [0.001, 0.999]
-        else:
-            raws = [dist.low, dist.high]  # type: ignore[attr-defined]
-        return _unique(self.from_raw(r) for r in raws)
-
-    def representative(self) -> Any:
-        """A value from the middle of the range, used to probe the other keys of a sub-space."""
-        if self.is_choice:
-            return self.values[0]
-        if self.kind == "randint":
-            return int(self.params["upper"]) // 2
-        if self.kind in NORMAL_FAMILY:
-            return self.from_raw(0.5)
-        dist = self.optuna_distribution()
-        low, high = dist.low, dist.high  # type: ignore[attr-defined]
-        middle = math.sqrt(low * high) if getattr(dist, "log", False) else (low + high) / 2
-        return self.from_raw(middle)
 
 
 @dataclass(frozen=True)
@@ -191,8 +56,8 @@ class SubSpace:
 
     def to_raw(self) -> dict[str, Any]:
         """The object spelling of this sub-space (JSON-ready), which ``parse_search_space`` reads back."""
-        return {**{k: _jsonable(v) for k, v in self.fixed.items()},
-                **{k: _jsonable(d.to_object()) for k, d in self.distributions.items()}}
+        return {**{k: jsonable(v) for k, v in self.fixed.items()},
+                **{k: jsonable(d.to_object()) for k, d in self.distributions.items()}}
 
 
 @dataclass(frozen=True)
@@ -368,9 +233,9 @@ def _build(kind: str, params: dict[str, Any]) -> Distribution:
             problems.append(f"choice: values must be a non-empty list, got {values!r}")
         else:
             for value in values:
-                if not isinstance(value, _PRIMITIVE + (list, tuple)):
+                if not isinstance(value, SCALAR_TYPES + (list, tuple)):
                     problems.append(f"choice: value {value!r} must be a number, string, boolean, null or list")
-            seen = [json.dumps(_jsonable(v), sort_keys=True) + type(v).__name__ for v in values]
+            seen = [json.dumps(jsonable(v), sort_keys=True) + type(v).__name__ for v in values]
             duplicates = _unique(values[i] for i, s in enumerate(seen) if seen.count(s) > 1)
             if duplicates:
                 problems.append(f"choice: {', '.join(repr(d) for d in duplicates)} listed more than once")
@@ -409,7 +274,7 @@ def suggest(trial: optuna.trial.Trial, space: SearchSpace) -> Sample:
 
     With several sub-spaces the categorical parameter ``subspace`` picks one first, and only that
     sub-space's keys are suggested, under names ``key@index``. Fixed values are included in the
-    result; nothing is validated here (see ``validate_config``).
+    result; nothing is validated here (``visionsweep.settings.resolve_settings`` does that).
     """
     index = 0
     if space.is_conditional:
@@ -431,7 +296,7 @@ def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
     points = []
     for index, sub in enumerate(space.subspaces):
         names = [space.param_name(index, key) for key in sub.distributions]
-        choices = [_raw_choices(d.values) for d in sub.distributions.values()]
+        choices = [raw_choices(d.values) for d in sub.distributions.values()]
         for combo in itertools.product(*choices):
             point = {SUBSPACE_PARAM: index} if space.is_conditional else {}
             point.update(zip(names, combo))
@@ -446,194 +311,6 @@ def grid_problems(space: SearchSpace) -> list[str]:
             for index, key, dist in space.distributions() if not dist.is_choice]
 
 
-# --- types and validation ---------------------------------------------------------------------------
-
-
-def canonical_key(key: str) -> str:
-    """The runtime name of a setting (Azure's v2 names map through ``visionsweep.settings.ALIASES``)."""
-    return ALIASES.get(key, key)
-
-
-def merge_settings(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge setting mappings, later layers winning, with every key under its runtime name."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            merged[canonical_key(key)] = value
-    return merged
-
-
-def cast_value(key: str, value: Any) -> Any:
-    """Cast a drawn value to the schema type of ``key``: floats for integer keys become
-    ``int(round(value))``, integers for float keys become floats; anything else is unchanged."""
-    kind = _value_kind(canonical_key(key))
-    if isinstance(value, bool):
-        return value
-    if kind == "int" and isinstance(value, float) and math.isfinite(value):
-        return int(round(value))
-    if kind == "float" and isinstance(value, int):
-        return float(value)
-    return value
-
-
-def validate_config(task: Task | str, config: Mapping[str, Any]) -> Settings:
-    """Resolve one trial's settings with the schema; raises ``SettingsError`` listing every problem."""
-    return resolve_settings(task, dict(config))
-
-
-def check_setting_names(task: Task | str | None, keys: Iterable[str], where: str) -> tuple[list[str], list[str]]:
-    """Problems (unknown keys, keys of another task) and notes (Azure-only keys) for setting names.
-
-    ``task`` None (a job whose task is unreadable) checks only that each name is a setting of some task.
-    """
-    problems: list[str] = []
-    notes: list[str] = []
-    for key in keys:
-        problem, note = _name_problem(task, key)
-        if problem:
-            problems.append(f"{where}.{key}: {problem}")
-        if note:
-            notes.append(f"{where}.{key} {note}")
-    return problems, notes
-
-
-def known_settings(task: Task | str | None, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``values`` whose names ``check_setting_names`` accepts, so that the checks of
-    their values can go on after a misspelt name has been reported."""
-    return {key: value for key, value in values.items() if _name_problem(task, key)[0] is None}
-
-
-def check_base_settings(task: Task | str, base: Mapping[str, Any],
-                        where: str = "training_parameters") -> tuple[list[str], dict[str, Any]]:
-    """Check the settings every trial shares, each value on its own (type, range, allowed names).
-
-    Returns the problems (``where.key: ...``) and ``base`` without the rejected keys, which
-    ``check_space`` then checks with the search space (rules between keys involve the sampled
-    values, so they are left to it). Names must have been checked (``known_settings``).
-    """
-    task = parse_task(task)
-    rejected = [p for p in _problems(task, base) if _about(p, base)]
-    clean = {key: value for key, value in base.items() if not _about_any(rejected, key)}
-    return [f"{where}.{p}" for p in rejected], clean
-
-
-def check_space(task: Task | str, base: Mapping[str, Any], space: SearchSpace) -> tuple[list[str], list[str]]:
-    """Check a search space against the schema before any trial runs.
-
-    For each sub-space and each model it may pick, the fixed values plus a middle value of every
-    distribution are resolved; then each distribution's edge values (every choice, both ends of a
-    range) are tried one key at a time. A value the schema rejects on its own (out of range, wrong
-    type, not an allowed name) is a problem. A rule between several keys that some draws break
-    (a ViT's train and valid crop sizes) is only a note: those trials fail validation and are
-    recorded failed, the others run. The normal family is unbounded, so a rejected 0.1 %/99.9 %
-    quantile is a note too. Returns (problems, notes).
-    """
-    task = parse_task(task)
-    problems: list[str] = []
-    notes: list[str] = []
-    for index, sub in enumerate(space.subspaces):
-        here = f"search_space[{index}]"
-        name_problems, name_notes = check_setting_names(task, sub.keys(), here)
-        problems.extend(name_problems)
-        notes.extend(name_notes)
-        # A misspelt key is reported above; the sub-space's other keys are still checked, so that
-        # one pass over the job finds every problem.
-        fixed = merge_settings(base, known_settings(task, sub.fixed))
-        distributions = known_settings(task, sub.distributions)
-        model_dist = next((d for k, d in distributions.items() if canonical_key(k) == "model_name"), None)
-        models = list(model_dist.values) if model_dist else [fixed.get("model_name", task.default_model)]
-        others = {k: d for k, d in distributions.items() if canonical_key(k) != "model_name"}
-        own_keys = {*fixed, "model_name"}
-        sampled_keys = {canonical_key(k) for k in others}
-        for model in models:
-            probe = merge_settings(fixed, {k: cast_value(k, d.representative()) for k, d in others.items()},
-                                   {"model_name": model})
-            label = f"{here} with model_name {model}"
-            base_problems = _problems(task, probe)
-            for p in base_problems:
-                if _about(p, own_keys):
-                    problems.append(f"{label}: {p}")
-                elif not _about(p, sampled_keys):  # sampled keys are reported at their edge values below
-                    notes.append(f"{label}: some draws break a rule and will be recorded failed: {p}")
-            rejected = {key for key in own_keys if _about_any(base_problems, key)}
-            if "model_name" in rejected:
-                continue  # not a model of the task: nothing else can be checked against it
-            if rejected:
-                # The fixed values reported above are left out, and the distributions checked without them.
-                probe = {k: v for k, v in probe.items() if k not in rejected}
-                base_problems = _problems(task, probe)
-            for key, dist in others.items():
-                for value in dist.extremes():
-                    value = cast_value(key, value)
-                    for p in _problems(task, merge_settings(probe, {key: value})):
-                        line = f"{label}: {key}={value!r} (from {dist.describe()}) is rejected: {p}"
-                        if _about(p, {canonical_key(key)}):
-                            if dist.kind in NORMAL_FAMILY:
-                                notes.append(f"{line}; such trials will be recorded failed")
-                            else:
-                                problems.append(line)
-                        elif p not in base_problems and not _about(p, sampled_keys):
-                            notes.append(f"{line}; such trials will be recorded failed")
-    return _unique(problems), _unique(notes)
-
-
-def _about(problem: str, keys: Iterable[str]) -> bool:
-    """Whether a schema problem line is about one of ``keys`` alone (it starts with ``key:``)."""
-    return any(problem.startswith(f"{key}:") for key in keys)
-
-
-def _about_any(problems: Iterable[str], key: str) -> bool:
-    return any(_about(p, {key}) for p in problems)
-
-
-def _name_problem(task: Task | str | None, key: str) -> tuple[str | None, str | None]:
-    """(problem, note) for one setting name; see ``check_setting_names``."""
-    name = canonical_key(key)
-    if key == "advanced_settings":
-        return None, None
-    if name in AZURE_ONLY_KEYS:
-        return None, "is ignored: it only configures Azure services"
-    known = all_setting_names()
-    if name not in known:
-        close = difflib.get_close_matches(key, sorted(set(known) | set(ALIASES)), n=1, cutoff=0.6)
-        return (f"unknown setting; did you mean {close[0]!r}?" if close
-                else "unknown setting; see docs/settings.md for the list"), None
-    if task is not None and parse_task(task) not in scope_of(name).tasks:
-        return f"does not apply to {parse_task(task)}; it is a setting of {scope_of(name).describe()}", None
-    return None, None
-
-
-def _problems(task: Task, config: Mapping[str, Any]) -> list[str]:
-    try:
-        resolve_settings(task, dict(config))
-    except SettingsError as error:
-        return error.problems
-    return []
-
-
-def _value_kind(name: str) -> str:
-    """'int', 'float' or 'other' for a schema field (Optional and Annotated unwrapped)."""
-    info = Settings.model_fields.get(name)
-    if info is None:
-        return "other"
-    annotation = info.annotation
-    while True:
-        origin = typing.get_origin(annotation)
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if origin is typing.Annotated or (origin is typing.Union and len(args) == 1):
-            annotation = args[0]
-            continue
-        break
-    if annotation is bool:
-        return "other"
-    if annotation is int or (origin is typing.Literal and all(isinstance(a, int) and not isinstance(a, bool)
-                                                                for a in typing.get_args(annotation))):
-        return "int"
-    if annotation is float:
-        return "float"
-    return "other"
-
-
 # --- helpers ----------------------------------------------------------------------------------------
 
 
@@ -646,45 +323,12 @@ def _suggest_raw(trial: optuna.trial.Trial, name: str, dist: BaseDistribution) -
     return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
 
 
-def _raw_choices(values: Sequence[Any]) -> tuple[Any, ...]:
-    """Optuna categories are None/bool/int/float/str; a list or tuple value travels as its JSON text."""
-    return tuple(v if isinstance(v, _PRIMITIVE) else json.dumps(_jsonable(v)) for v in values)
-
-
-def _round_to(value: float, q: float) -> float:
-    # Python's round() ties to even, as numpy's does in the reference implementation; the %.12g
-    # removes binary noise such as 0.30000000000000004 for q = 0.1.
-    return float(f"{round(value / q) * q:.12g}")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def _unique(items: Iterable[Any]) -> list[Any]:
     out: list[Any] = []
     for item in items:
         if item not in out:
             out.append(item)
     return out
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    return repr(value)
 
 
 def _looks_like_expression(text: str) -> bool:

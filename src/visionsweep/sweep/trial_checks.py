@@ -4,9 +4,10 @@ before any trial starts to every value the trials of a job can draw.
 ``training.preflight.run_settings_problems`` decides them for one run: a ``model_name`` without a
 builder, ``layers_to_freeze`` beyond the model's layer groups, a ``device`` the process cannot use, a
 ``pretrained_weights`` file that does not exist. ``check_trials`` asks it about every fixed value
-and every value a distribution can draw: each choice, both ends of a range (as ``check_space``
-does for the schema). Without these, ``layers_to_freeze: choice(0, 99)`` or ``device: cuda`` under
-``--devices cpu`` would fail trial after trial instead of when the job is checked.
+and every value a distribution can draw: each choice, both ends of a range (as
+``space_checks.check_space`` does for the schema). Without these, ``layers_to_freeze: choice(0, 99)``
+or ``device: cuda`` under ``--devices cpu`` would fail trial after trial instead of when the job is
+checked.
 
 The device is checked as the trials will see it: the runner gives each trial one GPU of its own
 through ``CUDA_VISIBLE_DEVICES`` (it is ``cuda:0`` there), or no GPU at all when the trials run on
@@ -19,10 +20,10 @@ import re
 from typing import Any, Mapping, Sequence
 
 from visionsweep.errors import SettingsError
-from visionsweep.settings import resolve_settings
-from visionsweep.sweep.space import (
-    NORMAL_FAMILY, Distribution, SearchSpace, SubSpace, canonical_key, cast_value, known_settings,
-)
+from visionsweep.settings import canonical_key, resolve_settings
+from visionsweep.settings.partial import cast_value, known_settings
+from visionsweep.sweep.distributions import NORMAL_FAMILY, Distribution
+from visionsweep.sweep.space import SearchSpace, SubSpace
 from visionsweep.tasks import Task, parse_task
 
 # The keys whose values run_settings_problems reads; layers_to_freeze is judged against the model.
