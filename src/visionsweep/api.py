@@ -16,7 +16,7 @@ from visionsweep.errors import DataError, SettingsError
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.inputs import collect_inputs
-from visionsweep.inference.model_folder import load_trained_model
+from visionsweep.inference.model_folder import TrainedModel, load_trained_model
 from visionsweep.inference.prediction_files import scoring_summary
 from visionsweep.settings import resolve_settings
 from visionsweep.tasks import Task, parse_task
@@ -37,7 +37,7 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     ``model`` is a run folder, a model folder or a checkpoint. ``settings`` override inference
     settings of the training run (e.g. ``valid_resize_size``, ``box_score_thresh``).
     """
-    trained = load_trained_model(model, overrides=settings)
+    trained = _trained_model(model, settings)
     records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
     if (model is None) == (predictions is None):
         raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
     if model is not None:
-        trained = load_trained_model(model, overrides=settings)
+        trained = _trained_model(model, settings)
         labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors,
                                      max_image_pixels=trained.settings.max_image_pixels)
         metrics = _format(trained.task).evaluate_model(trained, labelled.records, labelled.report)
@@ -126,6 +126,15 @@ def validate_data(task: Task | str, data: str | Path, validation_data: str | Pat
 def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:
     """Import annotations from another layout (``folder``, ``csv``, ...) into Azure JSONL."""
     return _convert(source_format, source, output, **options)
+
+
+def _trained_model(model: str | Path, settings: Mapping[str, Any] | None) -> TrainedModel:
+    """The model of a run folder, a model folder, a checkpoint, or a sweep's run folder (its best trial's)."""
+    # Imported here: the sweep package loads Optuna, which only a sweep folder needs.
+    from visionsweep.sweep.best_model import best_model_folder, is_sweep_folder
+
+    path = Path(model)
+    return load_trained_model(best_model_folder(path) if is_sweep_folder(path) else path, overrides=settings)
 
 
 def _format(task: Task) -> ModuleType:

@@ -33,14 +33,9 @@ class TrainedModel:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """Accept a run folder (``RUN/model/model.pt``), a model folder (``model.pt``), the file itself,
-    or a sweep's run folder (its best trial's model, see ``visionsweep.sweep.best_model``)."""
-    # Imported here: the sweep package loads Optuna, which only a sweep folder needs.
-    from visionsweep.sweep.best_model import best_model_folder, is_sweep_folder
-
+    """Accept a run folder (``RUN/model/model.pt``), a model folder (``model.pt``) or the file itself
+    (``visionsweep.api`` turns a sweep's run folder into its best trial's model folder first)."""
     path = Path(path)
-    if is_sweep_folder(path):
-        path = best_model_folder(path)
     for candidate in (path, path / BEST_MODEL_FILE, path / "model" / BEST_MODEL_FILE):
         if candidate.is_file():
             return candidate
