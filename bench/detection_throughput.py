@@ -2,7 +2,7 @@
 
 For each min_size, in one run and on the same images, it times:
   * visionsweep training: ``training.loop.fit`` for one epoch over the ``image_object_detection`` pipeline
-    (DetectionDataset with resize and normalisation in the loader, collation, DetectionOps, SGD with the
+    (DetectionDataset with resize and normalisation in the loader, collation, RcnnFamily, SGD with the
     run's clipping and schedule); once without and once with the reference's augmentations;
   * the plain alternative: the same torchvision Faster R-CNN ResNet-18 FPN (frozen batch norm, layer2-4
     trainable) fed PIL images turned into tensors, with torchvision's own resize and normalisation

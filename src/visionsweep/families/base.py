@@ -6,7 +6,8 @@ per image. Everything else (epochs, optimiser steps, schedules, early stopping, 
 prediction files) is family-agnostic and talks to a family only through ``ModelFamily``.
 
 A family object is made for one run or one loaded model (``visionsweep.families.selection``); it
-holds that run's settings, classes, device and failure sink.
+holds that run's settings, classes, device and failure sink. Export (ONNX) is to join the contract as
+one more method, since only the family knows its network's input layout and what its outputs mean.
 """
 from __future__ import annotations
 
