@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ torch.set_num_threads(1)
 
 # CI and development checkouts sit beside ../shared/datasets; VISIONSWEEP_DATASETS overrides.
 DATASETS = Path(os.environ.get("VISIONSWEEP_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def slow_variants(values: Sequence[str], slow: set[str]) -> list[object]:
+    """``values`` for ``pytest.mark.parametrize`` with those in ``slow`` (large models that take
+    seconds each to build) marked slow: the fast tier keeps a small variant of the same code."""
+    assert slow <= set(values), slow - set(values)
+    return [pytest.param(value, marks=pytest.mark.slow) if value in slow else value for value in values]
 
 
 @pytest.fixture

@@ -98,6 +98,16 @@ def test_task_help_lists_every_task(command, capsys):
     assert f"one of: {', '.join(task.value for task in Task)}" in text
 
 
+def test_models_lists_the_models_of_each_task_with_its_default(capsys):
+    # In process: test_end_to_end_classification.py runs the console script (slow).
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{task.value} (default {task.default_model}): {', '.join(task.model_names)}" for task in Task]
+    assert cli.main(["models", "--task", "image_object_detection"]) == 0
+    detection = [line for line in lines if line.startswith("image_object_detection ")]
+    assert capsys.readouterr().out.splitlines() == detection
+
+
 def test_convert_lists_and_accepts_exactly_the_registered_formats(capsys):
     names = importer_names()
     assert {"folder", "csv", "voc", "yolo", "coco"} <= set(names)

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from conftest import slow_variants
 from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models
 from visionsweep.models.detection import build_faster_rcnn, label_offset
@@ -47,7 +48,8 @@ def test_every_rcnn_detector_is_registered_for_detection_only():
     assert not set(RCNN_DETECTION_MODELS) & set(list_models(Task.INSTANCE_SEGMENTATION))
 
 
-@pytest.mark.parametrize("name", RCNN_DETECTION_MODELS)
+@pytest.mark.parametrize("name", slow_variants(RCNN_DETECTION_MODELS,
+                                              {"fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn"}))
 def test_train_step_then_predict(name):
     model = _fewer_rois(create_model(name, 3, **SMALL, box_score_thresh=0.0, box_detections_per_img=7))
     offset = label_offset(name)

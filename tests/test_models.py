@@ -9,6 +9,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from conftest import slow_variants
 from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models, registry
 from visionsweep.models.freezing import train_mode
@@ -28,9 +29,9 @@ def test_every_classification_model_is_registered():
     assert sorted(list_models(Task.CLASSIFICATION)) == sorted(CLASSIFICATION_MODELS)
 
 
-@pytest.mark.parametrize("name", CLASSIFICATION_MODELS)
+@pytest.mark.parametrize("name", slow_variants(CLASSIFICATION_MODELS, {"vitl16r224"}))
 def test_forward_and_backward(name):
-    # Full configurations, ViT-L included (a few seconds on 2 CPU cores at 32 pixels).
+    # Full configurations; ViT-L takes a few seconds on 2 CPU cores at 32 pixels, so it runs in the slow tier.
     model = create_model(name, 5, **{**SMALL, "valid_crop_size": 32, "train_crop_size": 32})
     logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 5)

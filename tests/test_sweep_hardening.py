@@ -41,6 +41,7 @@ def job_file(tmp_path):
 # --- 12: status tells a dead runner from a live one --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_after_a_killed_runner_says_it_stopped_and_how_to_resume(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.1")
     monkeypatch.setenv(STALL_AFTER, "2")  # the first runner's trial reports epoch 1, then runs until it is killed
@@ -166,6 +167,7 @@ def test_processes_that_open_a_new_sqlite_storage_together_all_succeed(tmp_path)
         assert optuna.get_all_study_names(url) == ["shared"]
 
 
+@pytest.mark.slow
 def test_two_runners_started_together_on_a_new_sqlite_storage_both_run(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.3")
     path = job_file("""\
@@ -326,6 +328,7 @@ def test_single_model_job_reports_bad_values_and_rules_of_training_parameters(tm
 # --- 16: predict and evaluate with a sweep's run folder ----------------------------------------------------
 
 
+# Not slow: the fast tier's one sweep that starts trial processes (runner, trial process, best model).
 def test_a_sweep_folder_resolves_to_its_best_trials_model_folder(job_file, tmp_path, caplog):
     path = job_file("""\
         limits: {max_trials: 3, max_concurrent_trials: 3}
@@ -355,6 +358,7 @@ def test_a_sweep_folder_resolves_to_its_best_trials_model_folder(job_file, tmp_p
         best_model_folder(moved)
 
 
+@pytest.mark.slow
 def test_predict_on_a_sweep_without_a_scored_trial_says_so(job_file, tmp_path, capsys):
     path = job_file(f"""\
         limits: {{max_trials: 1}}

@@ -11,8 +11,10 @@ import optuna
 import pytest
 
 from sweep_helpers import EPOCH_SECONDS, IGNORE_STOP, STALL_AFTER, TRAINER, job_writer, run_fake, study_trials
+from visionsweep.cli import main as cli_main
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
+from visionsweep.sweep.__main__ import main as sweep_main
 from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import load_job
 from visionsweep.sweep.runner import run_sweep
@@ -29,6 +31,7 @@ def job_file(tmp_path):
 # --- outputs --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 3, max_concurrent_trials: 3}
@@ -62,6 +65,7 @@ def test_a_sweep_writes_leaderboard_best_model_and_status(job_file, tmp_path):
     assert dashboard_command(run_dir)[:2] == ["optuna-dashboard", str((run_dir / "study.journal").resolve())]
 
 
+@pytest.mark.slow
 def test_sampled_settings_the_schema_rejects_fail_without_a_process(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 4, max_concurrent_trials: 2}
@@ -84,6 +88,7 @@ def test_sampled_settings_the_schema_rejects_fail_without_a_process(job_file, tm
 # --- early termination and limits --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bandit_cancels_a_poor_trial_which_keeps_its_metrics_and_best_model(job_file, tmp_path):
     space, _ = parse_search_space([{"learning_rate": "choice(0.005, 0.02)"}])
     # One trial at a time with the good point first (the grid order is seeded), so the poor one has a peer.
@@ -109,6 +114,7 @@ def test_bandit_cancels_a_poor_trial_which_keeps_its_metrics_and_best_model(job_
     assert list(poor_trial.intermediate_values) == [1, 2] and abs(poor_trial.intermediate_values[2] - 0.3) < 1e-9
 
 
+@pytest.mark.slow
 def test_a_policy_does_not_cancel_a_trial_at_its_last_epoch(job_file, tmp_path):
     space, _ = parse_search_space([{"learning_rate": "choice(0.005, 0.02)"}])
     seed = next(s for s in range(100) if assigned_points(SamplingSpec("grid", seed=s), space)[0]["learning_rate"] == 0.005)
@@ -131,6 +137,7 @@ def test_a_policy_does_not_cancel_a_trial_at_its_last_epoch(job_file, tmp_path):
     assert poor_trial.state == optuna.trial.TrialState.COMPLETE and list(poor_trial.intermediate_values) == [1, 2]
 
 
+@pytest.mark.slow
 def test_timeout_stops_running_trials_cleanly(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.2")
     path = job_file("""\
@@ -148,6 +155,7 @@ def test_timeout_stops_running_trials_cleanly(job_file, tmp_path, monkeypatch):
     assert any("timeout_minutes (0.04) reached" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_a_run_folder_keeps_its_job(job_file, tmp_path):
     body = """\
         limits: {max_trials: 1}
@@ -159,6 +167,7 @@ def test_a_run_folder_keeps_its_job(job_file, tmp_path):
         run_fake(job_file(body % 0.006, "changed.yml"), run_dir)
 
 
+@pytest.mark.slow
 def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(STALL_AFTER, "2")  # epoch 1 reports, epoch 2 never ends
     monkeypatch.setenv(IGNORE_STOP, "1")
@@ -176,6 +185,7 @@ def test_a_trial_that_does_not_stop_in_time_is_killed_and_still_cancelled(job_fi
     assert float((Path(row.model_dir) / "weights.txt").read_text()) == row.score
 
 
+@pytest.mark.slow
 def test_automode_runs_its_default_configurations_first(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 4, max_concurrent_trials: 2}
@@ -189,3 +199,38 @@ def test_automode_runs_its_default_configurations_first(job_file, tmp_path):
     assert {by_slot[2]["model_name"], by_slot[3]["model_name"]} <= {"mobilenetv2", "resnet18"}
     assert all(0.01 / 3 <= by_slot[s]["learning_rate"] <= 0.03 for s in (2, 3))
     assert result.counts == {"completed": 4}
+
+
+def test_a_sweep_whose_every_draw_breaks_a_rule_starts_no_process_and_has_no_best_model(job_file, tmp_path,
+                                                                                         capsys):
+    # A whole sweep, job file to status, with no trial process, for the fast tier (the sweeps that start
+    # trial processes are slow but one): both grid points break vitb16r224's crop rule, so both trials
+    # fail before a process would start.
+    path = job_file("""\
+        limits: {max_trials: 2}
+        training_parameters: {number_of_epochs: 1, learning_rate: 0.005, model_name: vitb16r224,
+                              validation_crop_size: 224}
+        sweep: {sampling_algorithm: grid}
+        search_space:
+          - training_crop_size: "choice(256, 288)"
+        """)
+    run_dir = tmp_path / "run"
+    # As an extra worker runs it; 1: no trial reached a score.
+    assert sweep_main(["run", str(path), "--run-dir", str(run_dir), "--trainer", TRAINER, "--devices", "cpu"]) == 1
+    rows = list(csv.DictReader((run_dir / "leaderboard.csv").open()))
+    assert sorted(r["training_crop_size"] for r in rows) == ["256", "288"] and {r["status"] for r in rows} == {"failed"}
+    assert all("did not start" in r["note"] and "train_crop_size == valid_crop_size" in r["note"] for r in rows)
+    for trial in (run_dir / "trials").iterdir():  # a record and no process.log: no process ran
+        assert [p.name for p in trial.iterdir()] == ["trial.json"]
+        assert json.loads((trial / "trial.json").read_text())["error"]["kind"] == "invalid_settings"
+    assert not (run_dir / "best_model").exists()
+    capsys.readouterr()
+    assert sweep_main(["status", str(run_dir)]) == 0
+    assert "2/2 trials ended" in capsys.readouterr().out
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    assert cli_main(["predict", str(run_dir), str(image), "--output", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: sweep {run_dir} has no finished trial with a score yet (2 trial(s) on the leaderboard, 0 running)" \
+        in err
+    assert "Traceback" not in err and not (tmp_path / "p.jsonl").exists()

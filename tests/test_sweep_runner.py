@@ -29,6 +29,7 @@ def job_file(tmp_path):
 # --- failure isolation ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(job_file, tmp_path):
     path = job_file(f"""\
         limits: {{max_trials: 5, max_concurrent_trials: 3}}
@@ -56,6 +57,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(job_file, tmp_path):
 # --- sampling through the runner ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grid_runs_each_point_of_each_subspace_once(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 20, max_concurrent_trials: 3}
@@ -74,6 +76,7 @@ def test_grid_runs_each_point_of_each_subspace_once(job_file, tmp_path):
                        ("mobilenetv2", 0.003)}
 
 
+@pytest.mark.slow
 def test_seeded_random_sweep_repeats(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 3, max_concurrent_trials: 3}
@@ -93,6 +96,7 @@ def test_seeded_random_sweep_repeats(job_file, tmp_path):
     assert first == second and len({str(c) for c in first.values()}) == 3
 
 
+@pytest.mark.slow
 def test_bayesian_sweep_runs(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 4, max_concurrent_trials: 2}
@@ -110,6 +114,7 @@ def test_bayesian_sweep_runs(job_file, tmp_path):
 # --- resume ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_without_repeating_finished_trials(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.25")
     path = job_file("""\
@@ -156,6 +161,7 @@ def test_a_killed_sweep_resumes_without_repeating_finished_trials(job_file, tmp_
     assert len(result.rows) == 6 and sweep_status(run_dir).finished
 
 
+@pytest.mark.slow
 def test_a_trial_replaces_what_an_earlier_attempt_left_in_its_folder(job_file, tmp_path):
     # A trial folder is the trial's own: the runner has the trainer replace a stale run there
     # (overwrite=True) rather than refuse it, as a user's second run into one folder is refused.
@@ -178,6 +184,7 @@ def _overlap(a, b) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
+@pytest.mark.slow
 def test_each_trial_gets_a_gpu_of_its_own_and_no_more_trials_than_gpus(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.3")
     path = job_file("""\
@@ -204,6 +211,7 @@ def test_each_trial_gets_a_gpu_of_its_own_and_no_more_trials_than_gpus(job_file,
     assert all(sum(s[0] <= start < s[1] for s in spans) <= 2 for start, _, _ in spans)  # at most 2 at once
 
 
+@pytest.mark.slow
 def test_cpu_trials_share_the_cores_out(job_file, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -221,6 +229,7 @@ def test_cpu_trials_share_the_cores_out(job_file, tmp_path, monkeypatch):
         assert environment == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
 
 
+@pytest.mark.slow
 def test_devices_cpu_on_a_gpu_machine_hides_the_gpus_and_plans_automode_for_the_cpu(job_file, tmp_path, monkeypatch):
     monkeypatch.setattr(Hardware, "detect", classmethod(lambda cls: Hardware(gpus=2, gpu_memory_gib=80.0, cpus=16)))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -249,6 +258,7 @@ def test_detected_gpus_keep_the_users_cuda_visible_devices():
     assert visible_device_ids(0, "") == []
 
 
+@pytest.mark.slow
 def test_a_device_the_trials_cannot_use_is_refused_before_anything_is_written(job_file, tmp_path):
     path = job_file("""\
         limits: {max_trials: 1}

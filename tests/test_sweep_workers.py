@@ -47,6 +47,7 @@ SHARED_JOB = """\
     """
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_and_run_exactly_max_trials(job_file, tmp_path, monkeypatch):
     monkeypatch.setenv(EPOCH_SECONDS, "0.4")
     journal = tmp_path / "shared" / "study.journal"
@@ -55,6 +56,7 @@ def test_two_workers_share_one_journal_and_run_exactly_max_trials(job_file, tmp_
     _check_shared_sweep(optuna.load_study(study_name="shared", storage=storage).get_trials(), 6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("VISIONSWEEP_TEST_POSTGRES_URL"),
                     reason="set VISIONSWEEP_TEST_POSTGRES_URL=postgresql://user@host/db to run two workers on PostgreSQL")
 def test_two_workers_share_one_postgresql_study(job_file, tmp_path, monkeypatch):

@@ -249,6 +249,7 @@ def test_no_weight_decay_on_biases_norms_and_vit_tokens():
 
 # --- checkpoints and incremental training -------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoints_and_incremental_training(tmp_path):
     data = write_color_dataset(tmp_path / "data")
     first = train("image_classification", data, settings={**TINY_SETTINGS, "checkpoint_frequency": 1},
@@ -278,6 +279,7 @@ def test_checkpoints_and_incremental_training(tmp_path):
               output=tmp_path / "third", progress=False)
 
 
+@pytest.mark.slow
 def test_metrics_file_has_one_line_per_epoch(tmp_path):
     data = write_color_dataset(tmp_path / "data")
     result = train("image_classification", data, settings={**TINY_SETTINGS, "number_of_epochs": 3,
@@ -291,6 +293,7 @@ def test_metrics_file_has_one_line_per_epoch(tmp_path):
     assert settings["seed"] == 0 and settings["model_name"] == "resnet18"
 
 
+@pytest.mark.slow
 def test_epochs_are_counted_from_one_wherever_a_person_reads_them(tmp_path):
     data = write_color_dataset(tmp_path / "data")
     result = train("image_classification", data, settings=TINY_SETTINGS, output=tmp_path / "run", progress=False)

@@ -91,6 +91,7 @@ def test_other_commands_report_user_errors_in_one_line(command, expected, tmp_pa
 
 # --- the run folder --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused_and_overwrite_replaces_it(tmp_path, capsys, caplog):
     data = write_color_dataset(tmp_path / "data", per_class=3)
     run = tmp_path / "run"
@@ -116,6 +117,20 @@ def test_a_second_run_into_the_same_folder_is_refused_and_overwrite_replaces_it(
     assert log.count("records read") == 1 and "epoch 1/1" in log and "epoch 2/2" not in log  # not appended
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert (run / "notes.txt").read_text() == "the user's own file"  # only the run's own files are replaced
+
+
+def test_overwrite_replaces_only_the_runs_own_files_in_python(tmp_path):
+    # One step a run: the fast form of the command-line test above, whose first run trains two epochs.
+    data = write_color_dataset(tmp_path / "data", per_class=3)
+    settings = {**TINY_SETTINGS, "number_of_epochs": 1}
+    run = tmp_path / "run"
+    train("image_classification", data, settings=settings, output=run, progress=False)
+    (run / "notes.txt").write_text("the user's own file")
+    train("image_classification", data, settings=settings, output=run, progress=False, overwrite=True)
+    assert (run / "train.log").read_text().count("records read") == 1  # not appended
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run / "model" / "model.pt").is_file()
+    assert (run / "notes.txt").read_text() == "the user's own file"
 
 
 def test_run_folder_rules_in_python(tmp_path):

@@ -132,6 +132,7 @@ def test_no_targets_gives_objectness_loss_only():
     assert torch.isfinite(maps[0].grad).all()
 
 
+@pytest.mark.slow
 def test_loss_is_finite_and_decreases_on_a_tiny_batch():
     torch.manual_seed(0)
     model = build_yolov5(3, "small").train()
