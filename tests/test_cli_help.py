@@ -12,6 +12,7 @@ import pytest
 import visionsweep
 from visionsweep import cli
 from visionsweep.data import importer_names, importers
+from visionsweep.model_catalog import model_names
 from visionsweep.sweep.commands import add_sweep_commands
 from visionsweep.tasks import Task
 
@@ -102,10 +103,12 @@ def test_models_lists_the_models_of_each_task_with_its_default(capsys):
     # In process: test_end_to_end_classification.py runs the console script (slow).
     assert cli.main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"{task.value} (default {task.default_model}): {', '.join(task.model_names)}" for task in Task]
+    assert lines == [f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}" for task in Task]
     assert cli.main(["models", "--task", "image_object_detection"]) == 0
     detection = [line for line in lines if line.startswith("image_object_detection ")]
-    assert capsys.readouterr().out.splitlines() == detection
+    assert capsys.readouterr().out.splitlines() == detection == [
+        "image_object_detection (default yolov5): yolov5, fasterrcnn_resnet18_fpn, fasterrcnn_resnet34_fpn, "
+        "fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, fasterrcnn_resnet152_fpn, retinanet_resnet50_fpn"]
 
 
 def test_convert_lists_and_accepts_exactly_the_registered_formats(capsys):
