@@ -288,7 +288,7 @@ def test_an_unreadable_image_is_one_failure_with_its_record_index(tmp_path):
     broken.write_bytes(b"not an image")
     records = [_record(_image(tmp_path, "a.png")), _record(broken)]
     family = _family(Tiling((2, 1), 0.0), [])
-    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    dataset = TileGroups(family.family.evaluation_dataset(records), family.tiling, every_tile=True)
     tiled = family.collate([dataset[0], dataset[1]])
     assert tiled.tiles == [None, Tile(0, 0, 100, 100), Tile(100, 0, 200, 100)]
     assert tiled.batch.indices.tolist() == [0, 0, 0]
@@ -314,7 +314,7 @@ def test_tiled_family_merges_tile_predictions_into_their_image(tmp_path):
     # Threshold 0.6: each tile box covers half or a third of its image's box, so nothing is a duplicate.
     failures = []
     family = _family(Tiling((2, 1), 0.0, nms_threshold=0.6), failures, max_size=1000)
-    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    dataset = TileGroups(family.family.evaluation_dataset(records), family.tiling, every_tile=True)
     loader = [family.collate([dataset[0], dataset[1]])]
     model = _FrameDetector()
     found = list(family.predict(model, loader, stage="validation"))

@@ -178,7 +178,7 @@ def test_tiled_family_merges_each_image_with_its_tiles(tmp_path):
     family = _family(tile_predictions_nms_thresh=0.6, **options)
     assert family.tiling == Tiling((2, 1), 0.0, nms_threshold=0.6)
     assert isinstance(family.family, YoloFamily) and not family.family.track_training_metrics
-    dataset = TileGroups(family.evaluation_dataset(records), family.tiling, every_tile=True)
+    dataset = TileGroups(family.family.evaluation_dataset(records), family.tiling, every_tile=True)
     loader = [family.collate([dataset[0], dataset[1]])]
     found = list(family.predict(_WholeInputDetector(), loader, stage="prediction"))
     assert [f.index for f in found] == [0, 1]

@@ -90,35 +90,13 @@ class ElementDataset(Protocol):
 
 
 class DetectionFamily(ModelFamily[ImageDetections]):
-    """A family of object detectors. Subclasses say how elements become datasets and batches
-    (``training_dataset``, ``evaluation_dataset``, ``collate``, ``subset``), train (``train_step``) and
-    detect (``detect``); loaders and validation are shared, and ``visionsweep.families.tiling`` uses the
-    same methods to cut images into tiles for any detector."""
+    """A family of object detectors: subclasses train (``train_step``) and detect (``detect``,
+    ``validation_loss_sum``); prediction records and the validation pass are shared."""
 
     settings: Settings
     classes: list[str]
     device: torch.device
     iou_type: str = "bbox"  # "segm" when the model predicts masks and is scored on them
-
-    @abstractmethod
-    def training_dataset(self, records: Sequence[ImageRecord], elements: Sequence[Element]) -> Dataset:
-        """The training samples: ``elements`` cut from ``records``, augmented as the settings say."""
-
-    @abstractmethod
-    def evaluation_dataset(self, records: Sequence[ImageRecord]) -> ElementDataset:
-        """One unaugmented item per record, for validation and prediction."""
-
-    @abstractmethod
-    def collate(self, items: list[Any]) -> Any:
-        """One batch of items; unreadable ones become its failures."""
-
-    @abstractmethod
-    def is_readable(self, item: Any) -> bool:
-        """Whether ``item`` holds an image (not a decoding failure)."""
-
-    @abstractmethod
-    def subset(self, batch: Any, positions: Sequence[int]) -> Any:
-        """The batch of the readable images at ``positions`` alone (failures kept)."""
 
     @abstractmethod
     def detect(self, model: nn.Module, batch: Any, stage: str, *, with_loss: bool = False) -> DetectedBatch:
@@ -127,23 +105,6 @@ class DetectionFamily(ModelFamily[ImageDetections]):
     @abstractmethod
     def validation_loss_sum(self, model: nn.Module, batch: Any) -> float:
         """The validation loss of a batch summed over its images, on the scale of the training loss."""
-
-    def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
-        check_run_records(train, validation)
-        s = self.settings
-        return RunLoaders(self.loader(self.training_dataset(train, whole_images(train)), s.training_batch_size,
-                                      shuffle=True, seed=s.seed),
-                          self.loader(self.evaluation_dataset(validation), s.validation_batch_size, shuffle=False,
-                                      seed=s.seed))
-
-    def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
-        return self.loader(self.evaluation_dataset(records), self.settings.validation_batch_size, shuffle=False,
-                           seed=None)
-
-    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int | None,
-               collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
-        return make_loader(dataset, batch_size, shuffle=shuffle, num_workers=self.settings.num_workers,
-                           collate_fn=collate or self.collate, device=self.device, seed=seed)
 
     def detect_mixed_sizes(self, model: nn.Module, batch: Any, stage: str) -> DetectedBatch:
         """``detect`` for a batch whose images differ widely in size (whole images with their tiles)."""
@@ -190,3 +151,48 @@ def on_cpu(predictions: dict[str, Tensor], label_offset: int = 0) -> dict[str, T
     if "masks" in predictions:
         found["masks"] = predictions["masks"].detach().float().cpu()
     return found
+
+
+class ElementDetectionFamily(DetectionFamily):
+    """A detection family whose samples are ``Element`` s: whole images, or tiles cut from them. Subclasses
+    say how elements become datasets and batches (``training_dataset``, ``evaluation_dataset``,
+    ``collate``, ``is_readable``, ``subset``); the loaders are shared, and ``visionsweep.families.tiling``
+    uses the same methods to cut images into tiles for any such family."""
+
+    @abstractmethod
+    def training_dataset(self, records: Sequence[ImageRecord], elements: Sequence[Element]) -> Dataset:
+        """The training samples: ``elements`` cut from ``records``, augmented as the settings say."""
+
+    @abstractmethod
+    def evaluation_dataset(self, records: Sequence[ImageRecord]) -> ElementDataset:
+        """One unaugmented item per record, for validation and prediction."""
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> Any:
+        """One batch of items; unreadable ones become its failures."""
+
+    @abstractmethod
+    def is_readable(self, item: Any) -> bool:
+        """Whether ``item`` holds an image (not a decoding failure)."""
+
+    @abstractmethod
+    def subset(self, batch: Any, positions: Sequence[int]) -> Any:
+        """The batch of the readable images at ``positions`` alone (failures kept)."""
+
+    def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
+        check_run_records(train, validation)
+        s = self.settings
+        return RunLoaders(self.loader(self.training_dataset(train, whole_images(train)), s.training_batch_size,
+                                      shuffle=True, seed=s.seed),
+                          self.loader(self.evaluation_dataset(validation), s.validation_batch_size, shuffle=False,
+                                      seed=s.seed))
+
+    def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
+        return self.loader(self.evaluation_dataset(records), self.settings.validation_batch_size, shuffle=False,
+                           seed=None)
+
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int | None,
+               collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+        """A loader of this run's workers and device, batching with ``collate`` (default: the family's)."""
+        return make_loader(dataset, batch_size, shuffle=shuffle, num_workers=self.settings.num_workers,
+                           collate_fn=collate or self.collate, device=self.device, seed=seed)

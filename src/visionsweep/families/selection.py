@@ -15,7 +15,7 @@ from visionsweep.data.tiling import Tiling
 from visionsweep.errors import SettingsError
 from visionsweep.families.base import FailureSink, ModelFamily
 from visionsweep.families.classification import ClassificationFamily
-from visionsweep.families.detection import DetectionFamily
+from visionsweep.families.detection import ElementDetectionFamily
 from visionsweep.families.rcnn import MaskRcnnFamily, RcnnFamily
 from visionsweep.families.tiling import TiledDetection
 from visionsweep.families.yolo import YoloFamily
@@ -38,7 +38,7 @@ def family_for(settings: Settings, classes: Sequence[str], device: torch.device,
     tiling = Tiling.from_settings(settings)
     if tiling is None:
         return family
-    if not isinstance(family, DetectionFamily):
+    if not isinstance(family, ElementDetectionFamily):
         raise SettingsError([f"tile_grid_size: {settings.model_name} is not a detector; tiling cuts images for "
                              "object detection only"])
     return TiledDetection(family, tiling)

@@ -32,6 +32,7 @@ from visionsweep.families.detection import (
     DetectionFamily,
     Element,
     ElementDataset,
+    ElementDetectionFamily,
     ImageDetections,
     check_run_records,
 )
@@ -99,9 +100,9 @@ class TileGroups(Dataset):
 
 class TiledDetection(DetectionFamily):
     """``family`` with every image also seen as tiles: training on whole images and tiles, validation
-    and prediction on both, merged per image."""
+    and prediction on both, merged per image. Its batches are ``TiledBatch`` es of the family's own."""
 
-    def __init__(self, family: DetectionFamily, tiling: Tiling):
+    def __init__(self, family: ElementDetectionFamily, tiling: Tiling):
         self.family = family
         self.tiling = tiling
         self.settings, self.classes, self.device = family.settings, family.classes, family.device
@@ -111,13 +112,12 @@ class TiledDetection(DetectionFamily):
     def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
         check_run_records(train, validation)
         s = self.settings
-        train_set = self.training_dataset(train, training_elements(train, self.tiling))
+        train_set = self.family.training_dataset(train, training_elements(train, self.tiling))
         log.info("tiling %dx%d with overlap %s: %d training samples from %d images", *self.tiling.grid,
                  self.tiling.overlap, len(train_set), len(train))
         if s.log_training_metrics == "Enable":
             log.info("log_training_metrics is ignored with tiling (training metrics are off, as in the reference)")
-        return RunLoaders(self.loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed,
-                                      collate=self.family.collate),
+        return RunLoaders(self.family.loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed),
                           self._groups_loader(validation, every_tile=False, seed=s.seed))
 
     def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
@@ -126,16 +126,8 @@ class TiledDetection(DetectionFamily):
     def _groups_loader(self, records: Sequence[ImageRecord], *, every_tile: bool, seed: int | None) -> DataLoader:
         # A batch holds about validation_batch_size model inputs, as the reference counts tiles in batches.
         groups = TileGroups(self.family.evaluation_dataset(records), self.tiling, every_tile=every_tile)
-        return self.loader(groups, self.tiling.images_per_batch(self.settings.validation_batch_size),
-                           shuffle=False, seed=seed)
-
-    # --- the wrapped family's data, steps and hooks ------------------------------------------------------
-
-    def training_dataset(self, records: Sequence[ImageRecord], elements: Sequence[Element]) -> Dataset:
-        return self.family.training_dataset(records, elements)
-
-    def evaluation_dataset(self, records: Sequence[ImageRecord]) -> ElementDataset:
-        return self.family.evaluation_dataset(records)
+        return self.family.loader(groups, self.tiling.images_per_batch(self.settings.validation_batch_size),
+                                  shuffle=False, seed=seed, collate=self.collate)
 
     def collate(self, groups: list[list[TiledItem]]) -> TiledBatch:
         """Flatten the items of several images into one batch, keeping each image before its tiles."""
@@ -143,11 +135,7 @@ class TiledDetection(DetectionFamily):
         return TiledBatch(self.family.collate([e.item for e in elements]),
                           [e.tile for e in elements if self.family.is_readable(e.item)])
 
-    def is_readable(self, item: Any) -> bool:
-        return self.family.is_readable(item)
-
-    def subset(self, batch: Any, positions: Sequence[int]) -> Any:
-        return self.family.subset(batch, positions)
+    # --- the wrapped family's steps and hooks -----------------------------------------------------------
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, int] | None:
         return self.family.train_step(model, batch)

@@ -12,7 +12,6 @@ hole survives the round trip.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

@@ -17,7 +17,14 @@ from visionsweep.data.records import ImageRecord
 from visionsweep.errors import TrainingError
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.families.base import FailureSink
-from visionsweep.families.detection import DetectedBatch, DetectionFamily, Element, ImageDetections, Target, on_cpu
+from visionsweep.families.detection import (
+    DetectedBatch,
+    Element,
+    ElementDetectionFamily,
+    ImageDetections,
+    Target,
+    on_cpu,
+)
 from visionsweep.families.rcnn.dataset import (
     DetectionBatch,
     DetectionDataset,
@@ -33,7 +40,7 @@ from visionsweep.settings import Settings
 _SIZE_DIVISIBLE = 32
 
 
-class RcnnFamily(DetectionFamily):
+class RcnnFamily(ElementDetectionFamily):
     """Faster R-CNN and RetinaNet: ``DetectionDataset`` inputs, the model's summed loss dict."""
 
     dataset_type: type[DetectionDataset] = DetectionDataset

@@ -34,7 +34,14 @@ from torch import Tensor, nn
 from visionsweep.data.records import ImageRecord
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.families.base import FailureSink
-from visionsweep.families.detection import DetectedBatch, DetectionFamily, Element, ImageDetections, Target, on_cpu
+from visionsweep.families.detection import (
+    DetectedBatch,
+    Element,
+    ElementDetectionFamily,
+    ImageDetections,
+    Target,
+    on_cpu,
+)
 from visionsweep.families.yolo.dataset import YoloBatch, YoloElementDataset, YoloItem, collate_yolo
 from visionsweep.families.yolo.pipeline import AffineParams, YoloTrainTransform, multi_scale_size, resize_batch
 from visionsweep.geometry.yolo_boxes import postprocess
@@ -43,7 +50,7 @@ from visionsweep.models.yolo import ModelEMA, YoloLoss, fused_for_inference
 from visionsweep.settings import Settings
 
 
-class YoloFamily(DetectionFamily):
+class YoloFamily(ElementDetectionFamily):
     """YOLOv5 of every ``model_size``."""
 
     def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink):
