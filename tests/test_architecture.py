@@ -94,6 +94,15 @@ def test_families_sit_below_training_and_inference_and_apart_from_each_other():
             assert others == [], (module, others)
 
 
+def test_exporting_sits_below_training_and_inference():
+    # Training writes model.onnx and inference runs it: both build on exporting, never the other way.
+    graph = _imports()
+    for module, targets in graph.items():
+        if _in(module, "visionsweep.exporting"):
+            assert not any(_in(target, f"visionsweep.{layer}") for target in targets
+                           for layer in ("training", "inference", "sweep", "api", "cli")), (module, targets)
+
+
 def test_geometry_imports_nothing_of_visionsweep():
     graph = _imports()
     assert {(m, t) for m, ts in graph.items() if _in(m, "visionsweep.geometry")

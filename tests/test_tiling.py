@@ -333,13 +333,13 @@ def test_tiled_family_merges_tile_predictions_into_their_image(tmp_path):
     assert [f.predictions["boxes"].tolist() for f in found] == [[[0, 0, 200, 100]], [[0, 0, 300, 100]]]
 
 
-def test_rcnn_detection_of_mixed_sizes_runs_by_size_and_keeps_the_input_order():
+def test_rcnn_detection_runs_images_by_padded_size_and_keeps_the_input_order():
     model = _FrameDetector()
     images = [torch.zeros(3, 64, 64), torch.zeros(3, 64, 200), torch.zeros(3, 60, 50)]
     sizes = [(image.shape[-1], image.shape[-2]) for image in images]
     batch = DetectionBatch(images=images, targets=[{}, {}, {}], indices=torch.tensor([0, 1, 2]), image_sizes=sizes,
                            original_sizes=sizes, failures=[])
-    found = _family(Tiling((2, 1)), []).family.detect_mixed_sizes(model, batch, "prediction").images
+    found = _family(Tiling((2, 1)), []).family.detect(model, batch, "prediction").images
     assert [f.index for f in found] == [0, 1, 2]
     assert [f.predictions["boxes"][0].tolist() for f in found] == [[0, 0, 64, 64], [0, 0, 200, 64], [0, 0, 50, 60]]
     assert sorted(model.calls) == sorted([[(64, 64), (60, 50)], [(64, 200)]])

@@ -37,3 +37,7 @@ class TrainingError(VisionSweepError):
 
 class RunFolderError(VisionSweepError):
     """The output folder cannot take this run (it holds an earlier run, or is a file)."""
+
+
+class ExportError(VisionSweepError):
+    """A trained model cannot be exported as asked, or an exported file cannot be used."""

@@ -6,20 +6,26 @@ per image. Everything else (epochs, optimiser steps, schedules, early stopping, 
 prediction files) is family-agnostic and talks to a family only through ``ModelFamily``.
 
 A family object is made for one run or one loaded model (``visionsweep.families.selection``); it
-holds that run's settings, classes, device and failure sink. Export (ONNX) is to join the contract as
-one more method, since only the family knows its network's input layout and what its outputs mean.
+holds that run's settings, classes, device and failure sink. Export is part of the contract too: only
+the family knows its network's input layout and what its outputs mean (``onnx_graph``), and how to
+run an exported graph where it would run its torch model (``onnx_model``).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from visionsweep.data.records import ImageRecord
+from visionsweep.errors import ExportError
+
+if TYPE_CHECKING:  # the export modules load onnx and onnxruntime, which training never needs
+    from visionsweep.exporting.graph import ExportOptions, OnnxGraph
+    from visionsweep.exporting.runtime import OnnxSession
 
 # Called with (dataset index, error) pairs of the images of a batch that could not be decoded, and the
 # stage ("training", "validation" or "prediction"); ``visionsweep.data.failures.UnreadableImages`` is one.
@@ -64,6 +70,18 @@ class ModelFamily(ABC, Generic[Prediction]):
     def predict_batch(self, model: nn.Module, batch: Any, stage: str) -> list[Prediction]:
         """One prediction record per readable image of ``batch``, in batch order (the model is in eval
         mode). Unreadable images go to the failure sink with ``stage``."""
+
+    def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
+        """What to export of ``model`` (the inference model, in eval mode on the CPU): the module to
+        trace, an example input, the input's and outputs' names and layout. Every family of the catalog
+        has one; a new family trains and predicts without it, and its export is an error."""
+        raise ExportError(f"{type(self).__name__} models cannot be exported to ONNX yet")
+
+    def onnx_model(self, session: OnnxSession) -> nn.Module:
+        """A stand-in for the inference model that runs ``session`` (an exported file), taking and giving
+        what the torch model does, so that ``predict_batch`` runs either. Raises ``SettingsError`` when a
+        setting differs from one the graph holds fixed."""
+        raise ExportError(f"{type(self).__name__} models cannot run from an ONNX file yet")
 
     def training_metrics(self) -> dict[str, float]:
         """Metrics gathered on the training batches of the epoch just finished (may be empty)."""

@@ -106,10 +106,6 @@ class DetectionFamily(ModelFamily[ImageDetections]):
     def validation_loss_sum(self, model: nn.Module, batch: Any) -> float:
         """The validation loss of a batch summed over its images, on the scale of the training loss."""
 
-    def detect_mixed_sizes(self, model: nn.Module, batch: Any, stage: str) -> DetectedBatch:
-        """``detect`` for a batch whose images differ widely in size (whole images with their tiles)."""
-        return self.detect(model, batch, stage)
-
     def predict_batch(self, model: nn.Module, batch: Any, stage: str) -> list[ImageDetections]:
         return self.detect(model, batch, stage).images
 

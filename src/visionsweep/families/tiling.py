@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from visionsweep.data.images import DECODE_ERRORS, ImageProblem, describe_decode_error, load_record_rgb, probe_image
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.tiling import Tiling, all_tiles, tiles_with_objects
+from visionsweep.exporting.graph import ExportOptions, OnnxGraph
+from visionsweep.exporting.runtime import OnnxSession
 from visionsweep.families.base import RunLoaders
 from visionsweep.families.detection import (
     DetectedBatch,
@@ -155,11 +157,18 @@ class TiledDetection(DetectionFamily):
     def inference_model(self, model: nn.Module) -> nn.Module:
         return self.family.inference_model(model)
 
+    # Tiles are cut and merged outside the graph, so the exported graph is the family's own.
+    def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
+        return self.family.onnx_graph(model, options)
+
+    def onnx_model(self, session: OnnxSession) -> nn.Module:
+        return self.family.onnx_model(session)
+
     # --- detection ---------------------------------------------------------------------------------------
 
     def detect(self, model: nn.Module, batch: TiledBatch, stage: str, *, with_loss: bool = False) -> DetectedBatch:
         """The whole images of a ``TiledBatch`` with the detections of their tiles merged into theirs."""
-        elements = self.family.detect_mixed_sizes(model, batch.batch, stage).images
+        elements = self.family.detect(model, batch.batch, stage).images
         if not elements:
             return DetectedBatch([])
         starts = _group_starts(batch.tiles, [found.index for found in elements])

@@ -18,6 +18,9 @@ from visionsweep.families.classification.dataset import (
     ClassificationDataset,
     collate_classification,
 )
+from visionsweep.exporting.graph import ExportOptions, OnnxGraph
+from visionsweep.exporting.runtime import OnnxSession, check_fixed_settings
+from visionsweep.families.classification.onnx import OnnxClassifier, classifier_graph
 from visionsweep.families.classification.transforms import training_transform, validation_transform
 from visionsweep.families.loaders import make_loader
 from visionsweep.settings import Settings
@@ -142,6 +145,15 @@ class ClassificationFamily(ModelFamily[ImageScores]):
         probabilities = self._probabilities(logits.float()).cpu().numpy()
         targets = batch.targets.numpy()
         return [ImageScores(index, probabilities[i], targets[i]) for i, index in enumerate(batch.indices.tolist())]
+
+    # --- export ------------------------------------------------------------------------------------------
+
+    def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
+        return classifier_graph(model, self.settings, options)
+
+    def onnx_model(self, session: OnnxSession) -> nn.Module:
+        check_fixed_settings(session, self.settings, ["valid_crop_size"])
+        return OnnxClassifier(session)
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ from visionsweep.families.detection import (
     Target,
     on_cpu,
 )
+from visionsweep.exporting.graph import ExportOptions, OnnxGraph
+from visionsweep.exporting.runtime import OnnxSession, check_fixed_settings
+from visionsweep.families.rcnn.onnx import OnnxRcnn, rcnn_graph
 from visionsweep.families.rcnn.dataset import (
     DetectionBatch,
     DetectionDataset,
@@ -100,16 +103,18 @@ class RcnnFamily(ElementDetectionFamily):
 
     # --- detection ---------------------------------------------------------------------------------------
 
-    def detect(self, model: nn.Module, batch: DetectionBatch, stage: str, *, with_loss: bool = False,
-               by_size: bool = False) -> DetectedBatch:
-        """Predictions in the model frame of each image. ``by_size`` runs images that pad to the same size
-        together, so that small tiles are not padded up to the size of a whole image."""
+    def detect(self, model: nn.Module, batch: DetectionBatch, stage: str, *, with_loss: bool = False) -> DetectedBatch:
+        """Predictions in the model frame of each image. Only images that pad to the same size run
+        together, so that an image's predictions never depend on the others in its batch (torchvision pads
+        a batch to its largest image, which moves anchors and features near the border): the same as
+        predicting it alone, or with the exported graph. Small tiles are not padded to a whole image's size
+        either."""
         if batch.failures:
             self.on_failures(batch.failures, stage)
         if not batch.images:
             return DetectedBatch([])
         images = [image.to(self.device, non_blocking=True) for image in batch.images]
-        outputs = _forward_by_size(model, images) if by_size else model(images)
+        outputs = _forward_by_size(model, images)
         found = [ImageDetections(index, on_cpu(output, self.label_offset), target, frame, original)
                  for index, output, target, frame, original in zip(batch.indices.tolist(), outputs, batch.targets,
                                                                      batch.image_sizes, batch.original_sizes)]
@@ -123,8 +128,15 @@ class RcnnFamily(ElementDetectionFamily):
         finally:
             model.eval()
 
-    def detect_mixed_sizes(self, model: nn.Module, batch: DetectionBatch, stage: str) -> DetectedBatch:
-        return self.detect(model, batch, stage, by_size=True)
+    # --- export ------------------------------------------------------------------------------------------
+
+    def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
+        return rcnn_graph(model, self.settings, self.label_offset, options)
+
+    def onnx_model(self, session: OnnxSession) -> nn.Module:
+        check_fixed_settings(session, self.settings, ["nms_iou_thresh", "box_detections_per_img"],
+                             at_least=["box_score_thresh"])
+        return OnnxRcnn(session, self.label_offset, self.settings.box_score_thresh)
 
     # --- helpers -----------------------------------------------------------------------------------------
 

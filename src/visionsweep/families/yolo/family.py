@@ -42,6 +42,9 @@ from visionsweep.families.detection import (
     Target,
     on_cpu,
 )
+from visionsweep.exporting.graph import ExportOptions, OnnxGraph
+from visionsweep.exporting.runtime import OnnxSession, check_fixed_settings
+from visionsweep.families.yolo.onnx import OnnxYolo, yolo_graph
 from visionsweep.families.yolo.dataset import YoloBatch, YoloElementDataset, YoloItem, collate_yolo
 from visionsweep.families.yolo.pipeline import AffineParams, YoloTrainTransform, multi_scale_size, resize_batch
 from visionsweep.geometry.yolo_boxes import postprocess
@@ -149,6 +152,15 @@ class YoloFamily(ElementDetectionFamily):
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         return fused_for_inference(model)
+
+    # --- export ------------------------------------------------------------------------------------------
+
+    def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
+        return yolo_graph(model, self.settings, options)
+
+    def onnx_model(self, session: OnnxSession) -> nn.Module:
+        check_fixed_settings(session, self.settings, ["img_size"])
+        return OnnxYolo(session)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
