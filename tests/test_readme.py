@@ -35,7 +35,7 @@ OTHER_COMMANDS = {"python3", ".", "pip", "python"}
 # What each command reads and writes, by its parsed argument names.
 READS = {"train": ("data", "validation_data", "config"), "predict": ("model", "input", "config"),
          "evaluate": ("model", "data", "predictions", "config"), "validate-data": ("data", "validation_data"),
-         "convert": ("source",), "run": ("job",), "status": ("run_dir",)}
+         "convert": ("source",), "run": ("job",), "status": ("run_dir",), "export": ("model",)}
 WRITES = ("output", "run_dir")
 
 
@@ -104,7 +104,7 @@ def test_readme_training_needs_no_weights_and_its_settings_are_valid():
 
 def test_python_block_calls_bind_to_the_api():
     calls = [node for node in ast.walk(ast.parse(PYTHON)) if isinstance(node, ast.Call) and _api_name(node)]
-    assert {_api_name(call) for call in calls} == {"train", "predict", "evaluate", "create_model"}
+    assert {_api_name(call) for call in calls} == {"train", "predict", "evaluate", "export", "create_model"}
     for call in calls:
         assert _api_name(call) in visionsweep.__all__
         signature = inspect.signature(getattr(visionsweep, _api_name(call)))

@@ -50,6 +50,7 @@ CASES = {
     "log_training_metrics": ((CLS, "resnet18"), "Enable", "On", 1),
     "log_validation_loss": ((OD, "fasterrcnn_resnet18_fpn"), "Disable", "Off", 1),
     "enable_onnx_normalization": ((CLS, "resnet18"), True, None, "x"),
+    "export_onnx": ((CLS, "resnet18"), False, None, "x"),
     "apply_automl_train_augmentations": ((CLS, "resnet18"), False, None, "x"),
     "pretrained": ((CLS, "resnet18"), False, None, "x"),
     "pretrained_weights": ((CLS, "resnet18"), "w.pth", None, 3),

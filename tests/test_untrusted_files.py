@@ -264,7 +264,7 @@ def test_checkpoints_of_release_0_1_load_unchanged(tmp_path, name, optimizer):
     assert loaded["lr_scheduler_state"] == {"step": 1, "epoch": 0} and loaded["labels"] == ["red", "blue"]
     assert loaded["optimizer_state"]["state"]  # non-empty optimizer state survives
     trained = load_trained_model(tmp_path / "run")
-    assert trained.labels == ["red", "blue"] and trained.checkpoint == path
+    assert trained.labels == ["red", "blue"] and trained.source == path
     assert all(torch.equal(v, content["model_state"][k]) for k, v in trained.model.state_dict().items())
     fresh = family.model(2)
     assert load_for_incremental_training(fresh, family.model_name, path)

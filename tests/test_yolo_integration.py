@@ -352,7 +352,7 @@ class _FixedDetector(nn.Module):
 def _fixed_model(tmp_path):
     settings = _settings(box_score_thresh=0.1)
     return TrainedModel(task=OD, model_name="yolov5", labels=CLASSES, settings=settings, model=_FixedDetector(),
-                        device=CPU, checkpoint=tmp_path / "none.pt")
+                        device=CPU, source=tmp_path / "none.pt")
 
 
 def test_predictions_are_unletterboxed_to_fractions_of_the_original_image(tmp_path):

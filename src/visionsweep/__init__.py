@@ -6,6 +6,7 @@ The Python API mirrors the ``visionsweep`` command::
     result = visionsweep.train("image_classification", "train.jsonl", settings={"model_name": "resnet18"})
     visionsweep.predict(result.run_dir, "images/", output="predictions.jsonl")
     metrics, report = visionsweep.evaluate(result.run_dir, data="val.jsonl")
+    visionsweep.export(result.run_dir)  # model.onnx in the model folder (train writes one too)
 """
 from importlib import import_module
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from visionsweep.errors import (
     CheckpointError,
     DataError,
+    ExportError,
     SettingsError,
     TrainingError,
     VisionSweepError,
@@ -26,14 +28,15 @@ __version__ = "0.1.0"
 # or a settings check should not pay for them.
 _LAZY = {
     "EvaluationResult": "visionsweep.api", "PredictionResult": "visionsweep.api", "convert": "visionsweep.api",
-    "evaluate": "visionsweep.api", "predict": "visionsweep.api", "validate_data": "visionsweep.api",
+    "evaluate": "visionsweep.api", "export": "visionsweep.api", "predict": "visionsweep.api",
+    "validate_data": "visionsweep.api",
     "create_model": "visionsweep.models", "list_models": "visionsweep.models",
     "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",
     "TrainResult": "visionsweep.training", "train": "visionsweep.training",
 }
 
 __all__ = [
-    "CheckpointError", "DataError", "SettingsError", "Task", "TrainingError", "VisionSweepError",
+    "CheckpointError", "DataError", "ExportError", "SettingsError", "Task", "TrainingError", "VisionSweepError",
     "WeightsUnavailableError", *_LAZY,
 ]
 

@@ -13,6 +13,8 @@ from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError, SettingsError
+from visionsweep.exporting.graph import ExportOptions
+from visionsweep.exporting.onnx_file import ONNX_FILE, OnnxExport, export_onnx
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.inputs import collect_inputs
@@ -23,6 +25,8 @@ from visionsweep.tasks import Task, parse_task
 from visionsweep.training.preflight import prepare_run
 from visionsweep.utils import json_ready
 
+EXPORT_FORMATS = ("onnx",)
+
 @dataclass
 class PredictionResult:
     output: Path
@@ -31,23 +35,30 @@ class PredictionResult:
 
 
 def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "predictions.jsonl",
-            settings: Mapping[str, Any] | None = None) -> PredictionResult:
+            settings: Mapping[str, Any] | None = None, runtime: str | None = None) -> PredictionResult:
     """Predict on an image, a folder of images, a JSONL file or an MLTable folder; write JSON Lines.
 
-    ``model`` is a run folder, a model folder or a checkpoint. ``settings`` override inference
-    settings of the training run (e.g. ``valid_resize_size``, ``box_score_thresh``).
+    ``model`` is a run folder, a model folder, a checkpoint, a sweep's run folder or an exported
+    ``.onnx`` file. ``settings`` override inference settings of the training run (e.g.
+    ``valid_resize_size``, ``box_score_thresh``). ``runtime`` is ``torch`` (the default) or
+    ``onnxruntime``, which runs the model folder's ``model.onnx`` (the default for an ``.onnx`` file)
+    and writes the same lines.
     """
-    trained = _trained_model(model, settings)
+    trained = _trained_model(model, settings, runtime)
     records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with output.open("w", encoding="utf-8") as out:
-        # exported mask images (export_as_image) go beside the predictions file
-        options = {"mask_dir": output.parent / "masks"} if trained.task.predicts_masks else {}
-        for line in _format(trained.task).predict_lines(trained, records, report, **options):
-            out.write(json.dumps(json_ready(line)) + "\n")
-            count += 1
+    try:
+        with output.open("w", encoding="utf-8") as out:
+            # exported mask images (export_as_image) go beside the predictions file
+            options = {"mask_dir": output.parent / "masks"} if trained.task.predicts_masks else {}
+            for line in _format(trained.task).predict_lines(trained, records, report, **options):
+                out.write(json.dumps(json_ready(line)) + "\n")
+                count += 1
+    except BaseException:
+        output.unlink(missing_ok=True)  # a file cut short would pass for a finished prediction
+        raise
     report.images_checked = "decoded"  # each kept image was decoded to predict on; those that failed are skipped
     if count == 0:
         output.unlink()  # an empty file would pass for a finished prediction
@@ -75,17 +86,19 @@ class EvaluationResult:
 
 
 def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | str | None = None,
-             predictions: str | Path | None = None, settings: Mapping[str, Any] | None = None) -> EvaluationResult:
+             predictions: str | Path | None = None, settings: Mapping[str, Any] | None = None,
+             runtime: str | None = None) -> EvaluationResult:
     """Metrics on labelled ``data``: of a trained ``model``, or of a ``predictions`` file with no model.
 
     Returns the metrics with the report of the labelled data (records that could not be scored, and why)
     and, for a predictions file, the report of its lines (``inference.prediction_files``). With
-    ``ignore_data_errors`` false any record skipped in either report is an error.
+    ``ignore_data_errors`` false any record skipped in either report is an error. ``model`` and
+    ``runtime`` are as for ``predict``.
     """
     if (model is None) == (predictions is None):
         raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
     if model is not None:
-        trained = _trained_model(model, settings)
+        trained = _trained_model(model, settings, runtime)
         labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors,
                                      max_image_pixels=trained.settings.max_image_pixels)
         metrics = _format(trained.task).evaluate_model(trained, labelled.records, labelled.report)
@@ -123,18 +136,43 @@ def validate_data(task: Task | str, data: str | Path, validation_data: str | Pat
     return prepare_run(task, data, validation_data, settings=settings, decode_images=decode_images).data
 
 
+def export(model: str | Path, output: str | Path | None = None, *, format: str = "onnx",
+           batch: int | None = None, opset: int | None = None, nms: bool = False,
+           settings: Mapping[str, Any] | None = None) -> OnnxExport:
+    """Export a trained model (run folder, model folder, checkpoint or sweep run folder) as ONNX.
+
+    ``output`` defaults to ``model.onnx`` in the model folder. ``batch``: the batch size the file takes
+    (None: any); ``opset``: the ONNX opset (default ``exporting.graph.DEFAULT_OPSET``); ``nms``: YOLOv5
+    with the score filter and NMS in the graph. ``settings`` override the model's inference settings
+    first (``enable_onnx_normalization``, ``box_score_thresh``, ``valid_crop_size``, ...).
+    docs/deployment.md describes each task's inputs and outputs.
+    """
+    if format not in EXPORT_FORMATS:
+        raise SettingsError([f"format: got {format!r}; visionsweep exports {', '.join(EXPORT_FORMATS)}"],
+                            context="export")
+    if Path(model).suffix.lower() == ".onnx":
+        raise SettingsError([f"model: {model} is already an ONNX file; export a run or model folder"],
+                            context="export")
+    options = ExportOptions(batch=batch, **({} if opset is None else {"opset": opset}), nms=nms)
+    trained = _trained_model(model, settings, "torch")
+    output = Path(output) if output is not None else trained.source.parent / ONNX_FILE
+    return export_onnx(trained.model, trained.settings, trained.labels, output, options)
+
+
 def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:
     """Import annotations from another layout (``folder``, ``csv``, ...) into Azure JSONL."""
     return _convert(source_format, source, output, **options)
 
 
-def _trained_model(model: str | Path, settings: Mapping[str, Any] | None) -> TrainedModel:
-    """The model of a run folder, a model folder, a checkpoint, or a sweep's run folder (its best trial's)."""
+def _trained_model(model: str | Path, settings: Mapping[str, Any] | None, runtime: str | None) -> TrainedModel:
+    """The model of a run folder, a model folder, a checkpoint, an ONNX file, or a sweep's run folder
+    (its best trial's)."""
     # Imported here: the sweep package loads Optuna, which only a sweep folder needs.
     from visionsweep.sweep.best_model import best_model_folder, is_sweep_folder
 
     path = Path(model)
-    return load_trained_model(best_model_folder(path) if is_sweep_folder(path) else path, overrides=settings)
+    return load_trained_model(best_model_folder(path) if is_sweep_folder(path) else path, overrides=settings,
+                              runtime=runtime)
 
 
 def _format(task: Task) -> ModuleType:

@@ -65,10 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser("predict", help="predict with a trained model; writes JSON Lines")
-    predict.add_argument("model", help="a run folder, a model folder, a checkpoint file or a sweep's run folder "
-                                       "(its best trial's model)")
+    predict.add_argument("model", help="a run folder, a model folder, a checkpoint file, a sweep's run folder "
+                                       "(its best trial's model) or an exported .onnx file")
     predict.add_argument("input", help="an image, a folder of images, a JSONL file or an MLTable folder")
     predict.add_argument("--output", default="predictions.jsonl", help="predictions file (default: %(default)s)")
+    _runtime_option(predict)
     _settings_options(predict)
     predict.set_defaults(handler=_predict)
 
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", help="a predictions file in the scoring format, scored without a model")
     evaluate.add_argument("--task", help=f"the task of --predictions, one of: {tasks}")
     evaluate.add_argument("--output", help="also write the metrics and the data reports to this JSON file")
+    _runtime_option(evaluate)
     _settings_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -102,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="an importer option, e.g. multilabel=true or image_root=DIR (repeatable)")
     convert.set_defaults(handler=_convert)
+
+    export = commands.add_parser("export", help="export a trained model as ONNX (docs/deployment.md)")
+    export.add_argument("model", help="a run folder, model folder, checkpoint or sweep run folder (its best trial's)")
+    export.add_argument("--format", default="onnx", help="the format to write: onnx (default)")
+    export.add_argument("--output", help="file to write (default: model.onnx in the model folder)")
+    export.add_argument("--batch", default="dynamic", metavar="N|dynamic",
+                        help="the batch size the file takes (default: dynamic, any)")
+    export.add_argument("--opset", type=int, help="the ONNX opset to write (default: 17)")
+    export.add_argument("--nms", action="store_true",
+                        help="YOLOv5: put the score filter and NMS in the graph (outputs boxes, labels, scores, "
+                             "batch_index instead of the raw 'output')")
+    _settings_options(export)
+    export.set_defaults(handler=_export)
 
     add_sweep_commands(commands)
 
@@ -135,6 +150,12 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
                         help="a setting, e.g. --set learning_rate=0.01 (repeatable; wins over --config)")
 
 
+def _runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"],
+                        help="torch (default) or onnxruntime: run the model folder's model.onnx (the default for an "
+                             ".onnx model file)")
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     values = load_settings_file(args.config) if args.config else {}
     return override_settings(values, parse_set_options(args.set))
@@ -155,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from visionsweep import api
 
-    result = api.predict(args.model, args.input, output=args.output, settings=_settings(args))
+    result = api.predict(args.model, args.input, output=args.output, settings=_settings(args), runtime=args.runtime)
     log.info("%s", result.report.summary())
     log.info("wrote %d predictions to %s", result.images, result.output)
     return 0
@@ -165,7 +186,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from visionsweep import api
 
     result = api.evaluate(args.model, data=args.data, task=args.task, predictions=args.predictions,
-                          settings=_settings(args))
+                          settings=_settings(args), runtime=args.runtime)
     for report in result.reports:
         log.info("%s", report.summary())
     if args.output:
@@ -174,6 +195,27 @@ def _evaluate(args: argparse.Namespace) -> int:
             written["predictions_report"] = result.predictions_report.to_dict()
         write_json(Path(args.output), written)
     print(json.dumps(json_ready(result.metrics), indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from visionsweep import api
+    from visionsweep.errors import SettingsError
+
+    if args.batch == "dynamic":
+        batch = None
+    elif args.batch.isdigit() and int(args.batch) > 0:
+        batch = int(args.batch)
+    else:
+        raise SettingsError([f"--batch: got {args.batch!r}; use a positive number of images or 'dynamic'"],
+                            context="export")
+    result = api.export(args.model, args.output, format=args.format, batch=batch, opset=args.opset, nms=args.nms,
+                        settings=_settings(args))
+    log.info("wrote %s (%.1f MB) in %.1f s", result.path, result.size_bytes / 1e6, result.seconds)
+    print(json.dumps(json_ready({"path": result.path, "task": result.metadata.task,
+                                 "model_name": result.metadata.model_name, "input": result.metadata.input_name,
+                                 "input_shape": result.metadata.input_shape,
+                                 "outputs": list(result.metadata.outputs)}), indent=2))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Loading a trained model back from a run folder, a model folder or a checkpoint file."""
+"""Loading a trained model back from a run folder, a model folder, a checkpoint file or an exported
+ONNX file, for the torch runtime or ONNX Runtime."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from visionsweep.errors import CheckpointError
+from visionsweep.errors import CheckpointError, ExportError, SettingsError
+from visionsweep.exporting.metadata import OnnxMetadata
+from visionsweep.exporting.onnx_file import ONNX_FILE
+from visionsweep.exporting.runtime import OnnxSession
 from visionsweep.models import build_model, get_model_spec
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task
@@ -18,18 +22,23 @@ from visionsweep.devices import select_device
 
 log = logging.getLogger(__name__)
 
+TORCH, ONNXRUNTIME = "torch", "onnxruntime"
+RUNTIMES = (TORCH, ONNXRUNTIME)
+
 
 @dataclass
 class TrainedModel:
-    """A network in eval mode with what it needs to predict: its task, classes and settings."""
+    """A trained network with what it needs to predict: its task, classes and settings. ``model`` is the
+    torch network in eval mode, or ``onnx`` the exported graph for ONNX Runtime (then ``model`` is None)."""
 
     task: Task
     model_name: str
     labels: list[str]
     settings: Settings
-    model: nn.Module
+    model: nn.Module | None
     device: torch.device
-    checkpoint: Path
+    source: Path
+    onnx: OnnxSession | None = None
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -44,11 +53,74 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained_model(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
-                       device: str | torch.device | None = None) -> TrainedModel:
-    """Rebuild the trained network. ``overrides`` replace inference settings of the training run
-    (``valid_resize_size``, ``box_score_thresh``, ``validation_batch_size`` ...); they are validated
-    like any settings. A ViT asked for another crop size gets its position embedding resampled."""
-    checkpoint = find_checkpoint(path)
+                       device: str | torch.device | None = None, runtime: str | None = None) -> TrainedModel:
+    """The trained model at ``path`` for ``runtime``: ``torch`` (the default for a model folder) rebuilds
+    the network from the checkpoint; ``onnxruntime`` (the default for an ``.onnx`` file) runs the model
+    folder's ``model.onnx``, or the file given.
+
+    ``overrides`` replace inference settings of the training run (``valid_resize_size``,
+    ``box_score_thresh``, ``validation_batch_size`` ...); they are validated like any settings. A ViT
+    asked for another crop size gets its position embedding resampled; an ONNX graph refuses the
+    settings it holds fixed (``ModelFamily.onnx_model``).
+    """
+    path = Path(path)
+    is_onnx_file = path.suffix.lower() == ".onnx" and path.is_file()
+    runtime = runtime or (ONNXRUNTIME if is_onnx_file else TORCH)
+    if runtime not in RUNTIMES:
+        raise SettingsError([f"runtime: got {runtime!r}; use {' or '.join(RUNTIMES)}"])
+    if is_onnx_file:
+        if runtime != ONNXRUNTIME:
+            raise SettingsError([f"runtime: {path} is an ONNX file, which runs with onnxruntime, not {runtime}"])
+        return load_onnx_model(path, overrides=overrides, device=device)
+    trained = _load_checkpoint(find_checkpoint(path), overrides, device)
+    if runtime == TORCH:
+        return trained
+    exported = trained.source.parent / ONNX_FILE
+    if not exported.is_file():
+        raise ExportError(f"no {ONNX_FILE} beside {trained.source}: export it with 'visionsweep export "
+                          f"{trained.source.parent}' (training writes it unless export_onnx is false)")
+    onnx_model = load_onnx_model(exported, overrides=overrides, device=trained.device)
+    _check_same_model(onnx_model, trained)
+    return onnx_model
+
+
+def load_onnx_model(path: str | Path, *, overrides: Mapping[str, Any] | None = None,
+                    device: str | torch.device | None = None) -> TrainedModel:
+    """An exported file for ONNX Runtime, its task, classes and settings read from its metadata."""
+    path = Path(path)
+    metadata = OnnxMetadata.of_file(path)
+    if metadata.input_shape[0] is not None:
+        raise ExportError(f"{path} takes batches of exactly {metadata.input_shape[0]} images; visionsweep predicts "
+                          "with files of any batch size: export one without --batch")
+    try:
+        task = Task(metadata.task)
+    except ValueError:
+        raise ExportError(f"{path}: its metadata names task {metadata.task!r}, which this visionsweep does not "
+                          "know") from None
+    stored = {k: v for k, v in metadata.settings.items() if k != "task"}
+    settings = resolve_settings(task, {**stored, **dict(overrides or {}), "pretrained": False,
+                                       "pretrained_weights": None})
+    if settings.model_name != metadata.model_name:
+        raise ExportError(f"{path}: its metadata names model {metadata.model_name!r} but its settings "
+                          f"{settings.model_name!r}; export the model folder again")
+    device = select_device(settings.device) if device is None else torch.device(device)
+    return TrainedModel(task=task, model_name=metadata.model_name, labels=list(metadata.labels), settings=settings,
+                        model=None, device=device, source=path, onnx=OnnxSession(path, device))
+
+
+def _check_same_model(exported: TrainedModel, trained: TrainedModel) -> None:
+    """The model folder's ONNX file must be the export of its checkpoint (not of an earlier run)."""
+    differences = [f"{what}: {theirs!r} in the ONNX file, {ours!r} in the checkpoint"
+                   for what, theirs, ours in (("task", exported.task.value, trained.task.value),
+                                              ("model", exported.model_name, trained.model_name),
+                                              ("labels", exported.labels, trained.labels)) if theirs != ours]
+    if differences:
+        raise ExportError(f"{exported.source} does not match {trained.source} ({'; '.join(differences)}); "
+                          f"export it again with 'visionsweep export {trained.source.parent}'")
+
+
+def _load_checkpoint(checkpoint: Path, overrides: Mapping[str, Any] | None,
+                     device: str | torch.device | None) -> TrainedModel:
     content = load_checkpoint(checkpoint)
     task = Task(content["task"])
     stored = {k: v for k, v in content["settings"].items() if k != "task"}
@@ -71,4 +143,4 @@ def load_trained_model(path: str | Path, *, overrides: Mapping[str, Any] | None 
     device = select_device(settings.device) if device is None else torch.device(device)
     model.to(device).eval()
     return TrainedModel(task=task, model_name=content["model_name"], labels=list(content["labels"]),
-                        settings=settings, model=model, device=device, checkpoint=checkpoint)
+                        settings=settings, model=model, device=device, source=checkpoint)

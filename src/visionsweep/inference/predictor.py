@@ -18,7 +18,8 @@ class Predictor:
 
     Images that fail to decode are skipped into ``report`` (they were counted as kept); with
     ``ignore_data_errors`` false in the model's settings the first one is an error. ``family`` is the
-    model's family (``families.selection``), tiling included.
+    model's family (``families.selection``), tiling included; it runs the torch network, or the exported
+    graph through its ONNX Runtime stand-in.
     """
 
     def __init__(self, trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport):
@@ -26,7 +27,8 @@ class Predictor:
         failures = UnreadableImages({"prediction": self.records}, report,
                                     ignore_data_errors=trained.settings.ignore_data_errors, kept=True)
         self.family: ModelFamily = family_for(trained.settings, trained.labels, trained.device, failures)
-        self.model = self.family.inference_model(trained.model).eval()
+        self.model = (self.family.onnx_model(trained.onnx) if trained.onnx is not None
+                      else self.family.inference_model(trained.model).eval())
 
     def __iter__(self) -> Iterator[Any]:
         loader = self.family.prediction_loader(self.records)

@@ -107,6 +107,9 @@ class Settings(BaseModel):
         "Enable", description="Detection: compute the validation loss each epoch.")
     enable_onnx_normalization: bool = Field(
         False, description="ONNX export: take 0-255 RGB input and normalise inside the graph.")
+    export_onnx: bool = Field(
+        True, description="After training, write model.onnx beside model.pt in the model folder (a failed export "
+                          "is a warning, never a failed run).")
     apply_automl_train_augmentations: bool = Field(True, description="Use the built-in training augmentations.")
     pretrained: bool = Field(True, description="Start from pretrained weights; false trains from scratch.")
     pretrained_weights: Optional[str] = Field(

@@ -8,7 +8,8 @@ Run folder layout (docs/training.md; ``run_folder`` decides what may be replaced
     RUN_DIR/metrics.jsonl        one line per epoch
     RUN_DIR/train.log
     RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
-    RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json
+    RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json, model.onnx
+                                 (the best epoch exported, unless export_onnx is false)
 
 Epochs are numbered from 1 in everything written here, as the training loop numbers them.
 """
@@ -38,6 +39,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.devices import seed_everything
 from visionsweep.errors import VisionSweepError
 from visionsweep.evaluation.classification import scalar_metrics
+from visionsweep.exporting.onnx_file import ONNX_FILE, export_onnx
 from visionsweep.families.base import ModelFamily, RunLoaders
 from visionsweep.families.selection import family_for
 from visionsweep.models import build_model, get_model_spec
@@ -175,6 +177,8 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
         recorder.save_best(training.model, result.epochs_run, None, {})
     write_json(model_dir / "labels.json", data.classes)
     write_json(model_dir / "settings.json", settings.to_dict())
+    if settings.export_onnx:
+        _export_onnx(training.model, settings, data.classes, model_dir / ONNX_FILE)
     write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                             "epochs_count_from": 1, "metrics": result.best_metrics})
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
@@ -182,6 +186,17 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
     return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
                        primary_metric=settings.primary_metric, best_score=result.best_score,
                        best_epoch=result.best_epoch, epochs_run=result.epochs_run, settings=settings)
+
+
+def _export_onnx(model: nn.Module, settings: Settings, classes: list[str], path: Path) -> None:
+    """Write the best model as ONNX; a failure is a warning, as the trained model itself is fine."""
+    try:
+        exported = export_onnx(model, settings, classes, path)
+    except Exception as error:  # any failure of the exporter: the run has succeeded and keeps its model.pt
+        log.warning("warning: %s was not written (%s: %s); the model folder is complete without it, and "
+                    "'visionsweep export' can retry", path.name, type(error).__name__, error)
+        return
+    log.info("wrote %s (%.1f MB) in %.1f s", path, exported.size_bytes / 1e6, exported.seconds)
 
 
 class _EpochRecorder:
