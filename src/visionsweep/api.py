@@ -44,7 +44,7 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     ``onnxruntime``, which runs the model folder's ``model.onnx`` (the default for an ``.onnx`` file)
     and writes the same lines.
     """
-    trained = _trained_model(model, settings, runtime)
+    trained = load_model(model, settings, runtime)
     records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def evaluate(model: str | Path | None = None, *, data: str | Path, task: Task | 
     if (model is None) == (predictions is None):
         raise SettingsError(["evaluate: give either a trained model or a predictions file (with task), not both"])
     if model is not None:
-        trained = _trained_model(model, settings, runtime)
+        trained = load_model(model, settings, runtime)
         labelled = read_labeled_data(data, trained.task, ignore_data_errors=trained.settings.ignore_data_errors,
                                      max_image_pixels=trained.settings.max_image_pixels)
         metrics = _format(trained.task).evaluate_model(trained, labelled.records, labelled.report)
@@ -154,7 +154,7 @@ def export(model: str | Path, output: str | Path | None = None, *, format: str =
         raise SettingsError([f"model: {model} is already an ONNX file; export a run or model folder"],
                             context="export")
     options = ExportOptions(batch=batch, **({} if opset is None else {"opset": opset}), nms=nms)
-    trained = _trained_model(model, settings, "torch")
+    trained = load_model(model, settings, "torch")
     output = Path(output) if output is not None else trained.source.parent / ONNX_FILE
     return export_onnx(trained.model, trained.settings, trained.labels, output, options)
 
@@ -164,9 +164,11 @@ def convert(source_format: str, source: str | Path, output: str | Path, **option
     return _convert(source_format, source, output, **options)
 
 
-def _trained_model(model: str | Path, settings: Mapping[str, Any] | None, runtime: str | None) -> TrainedModel:
-    """The model of a run folder, a model folder, a checkpoint, an ONNX file, or a sweep's run folder
-    (its best trial's)."""
+def load_model(model: str | Path, settings: Mapping[str, Any] | None = None, runtime: str | None = None
+               ) -> TrainedModel:
+    """The trained model of a run folder, a model folder, a checkpoint, an ONNX file, or a sweep's run
+    folder (its best trial's), for ``runtime`` (``torch``, or ``onnxruntime``: see ``predict``), with
+    ``settings`` overriding its inference settings."""
     # Imported here: the sweep package loads Optuna, which only a sweep folder needs.
     from visionsweep.sweep.best_model import best_model_folder, is_sweep_folder
 
