@@ -33,6 +33,7 @@ ResNets) and the FPN and heads start fresh.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torchvision.models as tvm
@@ -140,6 +141,35 @@ def build_retinanet(num_classes: int, *, min_size: int = 600, max_size: int = 13
     model = RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size, score_thresh=box_score_thresh,
                       nms_thresh=nms_iou_thresh, detections_per_img=box_detections_per_img)
     return _prepared_outside(model, 50)
+
+
+def with_prediction_limits(model: nn.Module, *, box_score_thresh: float, nms_iou_thresh: float,
+                           box_detections_per_img: int) -> nn.Module:
+    """``model`` predicting with these limits: ``model`` itself when they are its own, else a shallow copy
+    that shares its weights. torchvision reads the limits from plain attributes at every forward, so a
+    prediction's settings (a scoring request's threshold) apply without rebuilding the model and without
+    changing it for the predictions that share it."""
+    limits = {"score_thresh": box_score_thresh, "nms_thresh": nms_iou_thresh,
+              "detections_per_img": box_detections_per_img}
+    if isinstance(model, RetinaNet):  # RetinaNet holds them itself; Faster and Mask R-CNN in their RoI heads
+        return _with_attributes(model, limits)
+    heads = _with_attributes(model.roi_heads, limits)
+    if heads is model.roi_heads:
+        return model
+    limited = copy.copy(model)
+    limited._modules = {**model._modules, "roi_heads": heads}  # a dict of its own: the original keeps its heads
+    return limited
+
+
+def _with_attributes(module: nn.Module, values: dict[str, Any]) -> nn.Module:
+    """``module`` when it has ``values`` already, else a shallow copy of it with them set (a copy has its
+    own attribute dict and the same submodules and parameters)."""
+    if all(getattr(module, name) == value for name, value in values.items()):
+        return module
+    changed = copy.copy(module)
+    for name, value in values.items():
+        setattr(changed, name, value)
+    return changed
 
 
 def backbone_state(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:

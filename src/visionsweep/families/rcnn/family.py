@@ -35,7 +35,7 @@ from visionsweep.families.rcnn.dataset import (
     SegmentationDataset,
     collate_detection,
 )
-from visionsweep.models.detection import label_offset
+from visionsweep.models.detection import label_offset, with_prediction_limits
 from visionsweep.models.freezing import train_mode
 from visionsweep.settings import Settings
 
@@ -127,6 +127,13 @@ class RcnnFamily(ElementDetectionFamily):
             return float(sum(_forward(model, images, targets).values())) * len(images)
         finally:
             model.eval()
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """``model`` with the prediction's ``box_score_thresh``, ``nms_iou_thresh`` and ``box_detections_per_img``,
+        which may differ from those it was built with (a scoring request's own, ``serving.scoring``)."""
+        return with_prediction_limits(model, box_score_thresh=self.settings.box_score_thresh,
+                                      nms_iou_thresh=self.settings.nms_iou_thresh,
+                                      box_detections_per_img=self.settings.box_detections_per_img)
 
     # --- export ------------------------------------------------------------------------------------------
 

@@ -182,7 +182,11 @@ class YoloV5(nn.Module):
 def fused_for_inference(model: YoloV5) -> YoloV5:
     """A copy of ``model`` in eval mode with each Conv's BatchNorm folded into its convolution: the same
     outputs (to float rounding) with one operation fewer per layer. The copy is for prediction only; its
-    state dict no longer matches a checkpoint's, and the original is left as it was."""
+    state dict no longer matches a checkpoint's, and the original is left as it was. A model fused already
+    (in eval mode) is returned as it is: a server fuses once, then predicts with it many times."""
+    if not model.training and not any(isinstance(module, Conv) and isinstance(module.bn, nn.BatchNorm2d)
+                                      for module in model.modules()):
+        return model
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():
         if isinstance(module, Conv) and isinstance(module.bn, nn.BatchNorm2d):
