@@ -18,7 +18,7 @@ from visionsweep.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "predict", "evaluate", "validate-data", "convert", "run", "status", "dashboard", "models",
-            "example", "export"}
+            "example", "export", "serve"}
 
 
 def _walk(parser: argparse.ArgumentParser, path: str = ""):

@@ -7,6 +7,7 @@ The Python API mirrors the ``visionsweep`` command::
     visionsweep.predict(result.run_dir, "images/", output="predictions.jsonl")
     metrics, report = visionsweep.evaluate(result.run_dir, data="val.jsonl")
     visionsweep.export(result.run_dir)  # model.onnx in the model folder (train writes one too)
+    visionsweep.serve(result.run_dir, port=5001)  # an HTTP scoring endpoint; visionsweep.score is its client
 """
 from importlib import import_module
 from typing import Any
@@ -32,6 +33,8 @@ _LAZY = {
     "validate_data": "visionsweep.api",
     "create_model": "visionsweep.models", "list_models": "visionsweep.models",
     "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",
+    "serve": "visionsweep.serving.server", "score": "visionsweep.serving.client",
+    "ScoringError": "visionsweep.serving.client",
     "TrainResult": "visionsweep.training", "train": "visionsweep.training",
 }
 

@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from visionsweep.data import importer_names
+    from visionsweep.serving import config as serve_config
     from visionsweep.tasks import Task
 
     tasks = ", ".join(task.value for task in Task)
@@ -117,6 +118,32 @@ def _parser() -> argparse.ArgumentParser:
                              "batch_index instead of the raw 'output')")
     _settings_options(export)
     export.set_defaults(handler=_export)
+
+    serve = commands.add_parser("serve", help="serve a trained model over HTTP: POST /score in the Azure online "
+                                              "endpoint formats (docs/deployment.md)")
+    serve.add_argument("model", help="a run folder, model folder, checkpoint file, sweep's run folder (its best "
+                                     "trial's model) or exported .onnx file")
+    serve.add_argument("--host", default=serve_config.DEFAULT_HOST,
+                       help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every "
+                            "network interface)")
+    serve.add_argument("--port", type=int, default=serve_config.DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    _runtime_option(serve)
+    _settings_options(serve)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes, each with the model loaded (default: %(default)s)")
+    serve.add_argument("--max-batch-size", type=int, default=serve_config.DEFAULT_MAX_BATCH_SIZE,
+                       help="most images scored in one forward, from concurrent requests (default: %(default)s; "
+                            "1 scores one request at a time)")
+    serve.add_argument("--max-wait-ms", type=float, default=serve_config.DEFAULT_MAX_WAIT_MS,
+                       help="how long a request may wait for others to join its forward (default: %(default)s)")
+    serve.add_argument("--max-body-mb", type=float, default=serve_config.DEFAULT_MAX_BODY_MB,
+                       help="largest request body in MiB; larger ones are refused with 413 (default: %(default)s)")
+    serve.add_argument("--api-key-env", metavar="VARIABLE",
+                       help="the environment variable holding the API key that requests must send as "
+                            "'Authorization: Bearer KEY' (never the key itself; default: no key)")
+    serve.add_argument("--log-level", choices=serve_config.LOG_LEVELS, default="info",
+                       help="server log level (default: %(default)s; warning leaves out the line per request)")
+    serve.set_defaults(handler=_serve)
 
     add_sweep_commands(commands)
 
@@ -216,6 +243,15 @@ def _export(args: argparse.Namespace) -> int:
                                  "model_name": result.metadata.model_name, "input": result.metadata.input_name,
                                  "input_shape": result.metadata.input_shape,
                                  "outputs": list(result.metadata.outputs)}), indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from visionsweep.serving.server import serve
+
+    serve(args.model, host=args.host, port=args.port, runtime=args.runtime, settings=_settings(args),
+          workers=args.workers, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+          max_body_mb=args.max_body_mb, api_key_env=args.api_key_env, log_level=args.log_level)
     return 0
 
 

@@ -42,8 +42,11 @@ class OnnxSession:
 
     def __init__(self, path: str | Path, device: torch.device = torch.device("cpu")):
         self.path = Path(path)
+        options = onnxruntime.SessionOptions()
+        # As many threads as torch uses (the server's workers share the cores out), not one per core each.
+        options.intra_op_num_threads = torch.get_num_threads()
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=providers_for(device))
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=providers_for(device))
         except Exception as error:  # onnxruntime raises its own untyped errors for every kind of bad file
             raise ExportError(f"{self.path} cannot be loaded by ONNX Runtime: {error}") from None
         self.metadata = OnnxMetadata.read(self.session.get_modelmeta().custom_metadata_map, str(self.path))

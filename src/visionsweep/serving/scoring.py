@@ -9,7 +9,10 @@ then read, framed and predicted by the model's family, one batch for all of them
 """
 from __future__ import annotations
 
+import json
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,6 +21,7 @@ from visionsweep.data.jsonl import check_images
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import SettingsError
+from visionsweep.families.selection import family_for
 from visionsweep.inference import classification, detection
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.settings import resolve_settings
@@ -26,6 +30,8 @@ from visionsweep.settings import resolve_settings
 REQUEST_SETTINGS = ("box_score_thresh", "nms_iou_thresh", "box_detections_per_img", "tile_grid_size",
                     "tile_overlap_ratio", "tile_predictions_nms_thresh", "max_number_of_polygon_points",
                     "mask_pixel_score_threshold")
+# Models with a request's settings kept for reuse: a few, as any number of different values may come in.
+_KEPT_VARIANTS = 32
 
 
 @dataclass(frozen=True)
@@ -41,17 +47,24 @@ class Scorer:
     """Scores images in memory with ``trained`` (torch or ONNX Runtime, ``api.load_model``).
 
     ``batch_size`` images go through the network at once (the server's ``--max-batch-size``); data
-    loading happens in the calling thread (no worker processes per request).
+    loading happens in the calling thread (no worker processes per request). An image that fails to
+    decode is that image's ``ImageError``, whatever the model's ``ignore_data_errors``: the images of
+    one call may come from different requests. Safe to call from several threads.
     """
 
     def __init__(self, trained: TrainedModel, *, batch_size: int | None = None):
-        fixed: dict[str, Any] = {"num_workers": 0}
+        fixed: dict[str, Any] = {"num_workers": 0, "ignore_data_errors": True}
         if trained.task.predicts_masks:
             fixed["export_as_image"] = False  # a request's answer is its response, never files here
         if batch_size is not None:
             fixed["validation_batch_size"] = batch_size
         self.trained = self._with_settings(trained, fixed)
-        self._variants: dict[tuple[tuple[str, Any], ...], TrainedModel] = {}
+        if trained.model is not None:
+            # The network as prediction runs it (YOLOv5 with BatchNorm folded), made once, not per call.
+            family = family_for(self.trained.settings, trained.labels, trained.device, _no_failures)
+            self.trained = replace(self.trained, model=family.inference_model(trained.model).eval())
+        self._variants: OrderedDict[str, TrainedModel] = OrderedDict()
+        self._variants_lock = threading.Lock()
 
     @property
     def task(self):
@@ -62,14 +75,21 @@ class Scorer:
         request setting (``REQUEST_SETTINGS``) or not valid for this model."""
         if not overrides:
             return self.trained
-        key = tuple(sorted(overrides.items(), key=lambda item: item[0]))
-        if key not in self._variants:
-            unknown = sorted(set(overrides) - set(REQUEST_SETTINGS))
-            if unknown:
-                raise SettingsError([f"{name}: cannot change per request; a request may set "
-                                     f"{', '.join(REQUEST_SETTINGS)}" for name in unknown], context="request")
-            self._variants[key] = self._with_settings(self.trained, overrides)
-        return self._variants[key]
+        key = settings_key(overrides)
+        with self._variants_lock:
+            if key in self._variants:
+                self._variants.move_to_end(key)
+                return self._variants[key]
+        unknown = sorted(set(overrides) - set(REQUEST_SETTINGS))
+        if unknown:
+            raise SettingsError([f"{name}: cannot change per request; a request may set "
+                                 f"{', '.join(REQUEST_SETTINGS)}" for name in unknown], context="request")
+        variant = self._with_settings(self.trained, overrides)
+        with self._variants_lock:
+            self._variants[key] = variant
+            if len(self._variants) > _KEPT_VARIANTS:
+                self._variants.popitem(last=False)
+        return variant
 
     def score(self, images: Sequence[bytes], overrides: Mapping[str, Any] | None = None
               ) -> list[dict[str, Any] | ImageError]:
@@ -78,7 +98,7 @@ class Scorer:
         with tempfile.TemporaryDirectory(prefix="visionsweep-score-") as folder:
             candidates = []
             for position, content in enumerate(images):
-                path = Path(folder) / str(position)
+                path = Path(folder) / f"image {position}"  # the name a problem detail gives it
                 path.write_bytes(content)
                 candidates.append(ImageRecord(image_path=path, image_url=str(position), location=f"image {position}"))
             report = DataReport(source="request", records_read=len(candidates))
@@ -97,6 +117,15 @@ class Scorer:
     def _with_settings(trained: TrainedModel, values: Mapping[str, Any]) -> TrainedModel:
         stored = {k: v for k, v in trained.settings.to_dict().items() if k != "task"}
         return replace(trained, settings=resolve_settings(trained.task, {**stored, **values}))
+
+
+def _no_failures(failures: Any, stage: str) -> None:
+    """The failure sink of a family that only prepares the network: it reads no data."""
+
+
+def settings_key(overrides: Mapping[str, Any] | None) -> str:
+    """One text per distinct set of request settings: requests with equal keys can share a forward."""
+    return json.dumps(dict(overrides or {}), sort_keys=True, default=str)
 
 
 def _without_paths(detail: str, folder: str) -> str:
