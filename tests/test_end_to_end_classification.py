@@ -26,8 +26,8 @@ def test_multiclass_fridge(datasets, tmp_path, capsys):
                  "--set", "number_of_epochs=3", "--no-progress", *FAST]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["epochs_run"] == 3
-    assert sorted(p.name for p in (run / "model").iterdir()) == ["labels.json", "metrics.json", "model.pt",
-                                                                 "settings.json"]
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["labels.json", "metrics.json", "mlflow-model",
+                                                                 "model.onnx", "model.pt", "settings.json"]
     labels = json.loads((run / "model" / "labels.json").read_text())
     assert labels == ["can", "carton", "milk_bottle", "water_bottle"]
     assert len(read_lines(run / "metrics.jsonl")) == 3

@@ -51,6 +51,7 @@ CASES = {
     "log_validation_loss": ((OD, "fasterrcnn_resnet18_fpn"), "Disable", "Off", 1),
     "enable_onnx_normalization": ((CLS, "resnet18"), True, None, "x"),
     "export_onnx": ((CLS, "resnet18"), False, None, "x"),
+    "save_mlflow": ((CLS, "resnet18"), False, None, "x"),
     "apply_automl_train_augmentations": ((CLS, "resnet18"), False, None, "x"),
     "pretrained": ((CLS, "resnet18"), False, None, "x"),
     "pretrained_weights": ((CLS, "resnet18"), "w.pth", None, 3),
@@ -157,7 +158,7 @@ def test_key_of_another_model_is_kept_as_a_note():
 
 
 def test_azure_only_keys_are_accepted_and_noted():
-    settings = resolve_settings(CLS, {"save_mlflow": False, "enable_code_generation": True})
+    settings = resolve_settings(CLS, {"log_verbose_metrics": False, "enable_code_generation": True})
     assert len(settings.notes) == 2 and all("only configures Azure" in n for n in settings.notes)
 
 

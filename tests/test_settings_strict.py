@@ -191,8 +191,8 @@ def test_validate_data_shows_the_setting_notes(tmp_path, monkeypatch, caplog):
     data = write_color_dataset(tmp_path / "data", per_class=3, size=8)
     with caplog.at_level(logging.WARNING, logger="visionsweep"):
         assert main(["validate-data", "--task", CLS, "--data", str(data), "--set", "num_workers=3",
-                     "--set", "save_mlflow=true"]) == 0
+                     "--set", "log_verbose_metrics=true"]) == 0
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("setting note:")]
-    assert notes == ["setting note: save_mlflow=True is ignored: it only configures Azure services",
+    assert notes == ["setting note: log_verbose_metrics=True is ignored: it only configures Azure services",
                      "setting note: num_workers=3 is more than the 2 CPUs here; it is used as given (more data loader "
                      "processes than CPUs add memory, not speed, unless the images load from slow storage)"]

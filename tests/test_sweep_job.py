@@ -208,7 +208,7 @@ def test_settings_problems_in_training_parameters_and_search_space(tmp_path):
             task: image_classification
             training_data: {path: ../data/train-mltable}
             limits: {max_trials: 4}
-            training_parameters: {learning_rat: 0.1, min_size: 600, save_mlflow: true}
+            training_parameters: {learning_rat: 0.1, min_size: 600, enable_code_generation: true}
             sweep: {sampling_algorithm: grid}
             search_space:
               - learning_rate: "uniform(0.001, 0.01)"
@@ -217,7 +217,7 @@ def test_settings_problems_in_training_parameters_and_search_space(tmp_path):
     text = "\n".join(error.value.problems)
     assert "training_parameters.learning_rat: unknown setting; did you mean 'learning_rate'?" in text
     assert "training_parameters.min_size: does not apply to image_classification" in text
-    assert "save_mlflow" not in text  # Azure-only: a note, not an error
+    assert "enable_code_generation" not in text  # Azure-only: a note, not an error
 
 
 def test_grid_job_rejects_ranges_and_schema_rejects_values(tmp_path):

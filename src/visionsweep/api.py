@@ -14,6 +14,7 @@ from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.errors import DataError, SettingsError
 from visionsweep.exporting.graph import ExportOptions
+from visionsweep.exporting.mlflow_model import MlflowModelExport, write_mlflow_model
 from visionsweep.exporting.onnx_file import ONNX_FILE, OnnxExport, export_onnx
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
@@ -25,7 +26,7 @@ from visionsweep.tasks import Task, parse_task
 from visionsweep.training.preflight import prepare_run
 from visionsweep.utils import json_ready
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "mlflow")
 
 @dataclass
 class PredictionResult:
@@ -138,14 +139,19 @@ def validate_data(task: Task | str, data: str | Path, validation_data: str | Pat
 
 def export(model: str | Path, output: str | Path | None = None, *, format: str = "onnx",
            batch: int | None = None, opset: int | None = None, nms: bool = False,
-           settings: Mapping[str, Any] | None = None) -> OnnxExport:
-    """Export a trained model (run folder, model folder, checkpoint or sweep run folder) as ONNX.
+           settings: Mapping[str, Any] | None = None) -> OnnxExport | MlflowModelExport:
+    """Export a trained model (run folder, model folder, checkpoint or sweep run folder) as ONNX
+    (``format="onnx"``) or as an MLflow pyfunc model (``format="mlflow"``).
 
-    ``output`` defaults to ``model.onnx`` in the model folder. ``batch``: the batch size the file takes
-    (None: any); ``opset``: the ONNX opset (default ``exporting.graph.DEFAULT_OPSET``); ``nms``: YOLOv5
-    with the score filter and NMS in the graph. ``settings`` override the model's inference settings
-    first (``enable_onnx_normalization``, ``box_score_thresh``, ``valid_crop_size``, ...).
-    docs/deployment.md describes each task's inputs and outputs.
+    ONNX: ``output`` defaults to ``model.onnx`` in the model folder. ``batch``: the batch size the file
+    takes (None: any); ``opset``: the ONNX opset (default ``exporting.graph.DEFAULT_OPSET``); ``nms``:
+    YOLOv5 with the score filter and NMS in the graph. ``settings`` override the model's inference
+    settings first (``enable_onnx_normalization``, ``box_score_thresh``, ``valid_crop_size``, ...).
+
+    MLflow (``pip install 'visionsweep[mlflow]'``): ``output`` is a folder, by default ``mlflow-model`` in
+    the model folder (which must hold ``model.pt``, ``labels.json`` and ``settings.json``, as training
+    leaves it); ``settings`` are kept in the MLflow model and applied whenever it loads; ``batch``,
+    ``opset`` and ``nms`` do not apply. docs/deployment.md describes each format's inputs and outputs.
     """
     if format not in EXPORT_FORMATS:
         raise SettingsError([f"format: got {format!r}; visionsweep exports {', '.join(EXPORT_FORMATS)}"],
@@ -153,6 +159,15 @@ def export(model: str | Path, output: str | Path | None = None, *, format: str =
     if Path(model).suffix.lower() == ".onnx":
         raise SettingsError([f"model: {model} is already an ONNX file; export a run or model folder"],
                             context="export")
+    if format == "mlflow":
+        onnx_only = [name for name, given in (("batch", batch is not None), ("opset", opset is not None),
+                                              ("nms", nms)) if given]
+        if onnx_only:
+            raise SettingsError([f"{name}: applies to ONNX export only (an MLflow model takes any number of "
+                                 "images of any size, and predicts with torch)" for name in onnx_only],
+                                context="export")
+        trained = load_model(model, settings, "torch")  # checks the model and the settings before writing
+        return write_mlflow_model(trained.source.parent, output, settings=settings)
     options = ExportOptions(batch=batch, **({} if opset is None else {"opset": opset}), nms=nms)
     trained = load_model(model, settings, "torch")
     output = Path(output) if output is not None else trained.source.parent / ONNX_FILE

@@ -43,7 +43,7 @@ ALIASES = {
 
 # Accepted so that Azure settings load unchanged, but they configure Azure services, not training.
 AZURE_ONLY_KEYS = frozenset({
-    "save_mlflow", "enable_code_generation", "stream_image_files", "log_verbose_metrics",
+    "enable_code_generation", "stream_image_files", "log_verbose_metrics",
     "print_local_package_versions", "output_scoring", "validate_scoring", "log_scoring_file_info",
     "distributed", "label_column_name", "project_id", "version_number",
 })

@@ -110,6 +110,10 @@ class Settings(BaseModel):
     export_onnx: bool = Field(
         True, description="After training, write model.onnx beside model.pt in the model folder (a failed export "
                           "is a warning, never a failed run).")
+    save_mlflow: bool = Field(
+        True, description="After training, write mlflow-model/ (an MLflow pyfunc model) in the model folder; a "
+                          "sweep writes it into best_model/ only. Needs pip install 'visionsweep[mlflow]' (without "
+                          "it, a log line); a failure is a warning, never a failed run.")
     apply_automl_train_augmentations: bool = Field(True, description="Use the built-in training augmentations.")
     pretrained: bool = Field(True, description="Start from pretrained weights; false trains from scratch.")
     pretrained_weights: Optional[str] = Field(

@@ -1,4 +1,5 @@
-"""The leaderboard of a sweep (printed table and CSV file) and the copy of the best trial's model.
+"""The leaderboard of a sweep (printed table and CSV file), the copy of the best trial's model and its
+MLflow model.
 
 Rows come from the study, so any worker, and ``status``, can build the same board. Order:
 trials with a score (completed, early-stopped and cancelled, which keep their best checkpoint)
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import optuna
 
+from visionsweep.exporting.mlflow_model import MLFLOW_MODEL_DIR, MlflowMissingError, write_mlflow_model
 from visionsweep.sweep import attrs
 from visionsweep.sweep.slots import trial_status
 
@@ -142,6 +144,19 @@ def copy_best_model(row: LeaderboardRow, run_dir: str | Path, primary_metric: st
         copied = target
     (run_dir / BEST_TRIAL_FILE).write_text(json.dumps(record, indent=2, default=str))
     return copied, message
+
+
+def write_best_mlflow_model(best_model_dir: Path) -> str:
+    """Write ``best_model/mlflow-model`` (the trials write none: ``runner``); returns a one-line message.
+    MLflow not installed, or any failure, leaves the best model folder complete without it."""
+    try:
+        written = write_mlflow_model(best_model_dir)
+    except MlflowMissingError as error:
+        return f"{MLFLOW_MODEL_DIR}/ not written: {error} (or set save_mlflow false)"
+    except Exception as error:  # any failure of MLflow: the sweep has its best model all the same
+        return (f"warning: {best_model_dir / MLFLOW_MODEL_DIR} was not written ({type(error).__name__}: {error}); "
+                f"'visionsweep export {best_model_dir} --format mlflow' can retry")
+    return f"MLflow model of the best trial written to {written.path}"
 
 
 def _sort_key(row: LeaderboardRow) -> tuple[int, float, int]:

@@ -25,7 +25,10 @@
   the study (``workers``), which is how ``status`` tells a live sweep from a killed one.
 * **Outputs** in the run folder: ``sweep.json`` (what ``status`` reads), ``job.yml`` (a copy),
   ``trials/trial_NNNN/`` (the trainer's output plus ``trial.json``, ``process.log``),
-  ``leaderboard.csv``, ``best_model/`` and ``best_trial.json``.
+  ``leaderboard.csv``, ``best_model/`` and ``best_trial.json``. With visionsweep's trainer the trials
+  run with ``save_mlflow`` false and the sweep writes ``best_model/mlflow-model/`` itself (when the best
+  trial's settings keep ``save_mlflow`` true): an MLflow model per trial would cost each trial an MLflow
+  import and a copy of its weights, for models that nobody serves.
 
 The trainer is injectable (``trainer="package.module:function"`` or such a function); the default
 is the real one, ``visionsweep.train``. Its contract is in ``trial_process``.
@@ -57,7 +60,7 @@ from visionsweep.sweep.job import Job
 from visionsweep.sweep.launch import TRIAL_ENTRY, python_command
 from visionsweep.sweep.leaderboard import (
     LEADERBOARD_FILE, LeaderboardRow, best_row, copy_best_model, format_leaderboard, leaderboard_rows,
-    write_leaderboard,
+    write_best_mlflow_model, write_leaderboard,
 )
 from visionsweep.sweep.plan import SweepPlan, plan_sweep
 from visionsweep.sweep.policies import make_pruner
@@ -74,6 +77,8 @@ from visionsweep.sweep.trial_process import (
 from visionsweep.sweep.workers import HEARTBEAT_S, STALE_AFTER_S, RunnerHeartbeat, notice_dead_runners
 
 DEFAULT_TRAINER = "visionsweep:train"
+# visionsweep.train by each name it can be given (a function passed is named by its module)
+_VISIONSWEEP_TRAINERS = frozenset({DEFAULT_TRAINER, "visionsweep.training:train", "visionsweep.training.run:train"})
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
@@ -326,6 +331,8 @@ class _Worker:
         trial.set_user_attr(attrs.CONFIG, _jsonable(sample.values))
         trial.set_user_attr(attrs.SUBSPACE, sample.subspace)
         settings = merge_settings(self.job.base_settings(), sample.values)
+        if self.trainer in _VISIONSWEEP_TRAINERS:
+            settings["save_mlflow"] = False  # the sweep writes best_model/mlflow-model/ (_wrap_up)
         trial_dir.mkdir(parents=True, exist_ok=True)
         try:
             resolve_settings(self.job.task, settings)
@@ -499,6 +506,8 @@ class _Worker:
         if best is not None:
             copied, message = copy_best_model(best, self.run_dir, metric)
             self.progress(message)
+            if copied is not None and self._best_gets_mlflow_model(best):
+                self.progress(write_best_mlflow_model(copied))
         else:
             self.progress("no trial reached a score; nothing to copy to best_model/")
         counts: dict[str, int] = {}
@@ -508,6 +517,13 @@ class _Worker:
         self.progress(f"leaderboard: {self.run_dir / LEADERBOARD_FILE}")
         return SweepResult(self.run_dir, str(self.study_name), self.plan.budget, rows, best, copied,
                            self.timed_out, counts)
+
+    def _best_gets_mlflow_model(self, best: LeaderboardRow) -> bool:
+        """Whether ``best_model/`` gets an MLflow model: with visionsweep's trainer, when the best trial's
+        settings, before the sweep turned ``save_mlflow`` off for the trial, keep it on."""
+        if self.trainer not in _VISIONSWEEP_TRAINERS:
+            return False
+        return resolve_settings(self.job.task, merge_settings(self.job.base_settings(), best.config)).save_mlflow
 
 
 def _stored_plan(storage: Any, study_name: str) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ Run folder layout (docs/training.md; ``run_folder`` decides what may be replaced
     RUN_DIR/train.log
     RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
     RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json, model.onnx
-                                 (the best epoch exported, unless export_onnx is false)
+                                 (the best epoch exported, unless export_onnx is false), mlflow-model/
+                                 (an MLflow pyfunc model, when save_mlflow and MLflow is installed)
 
 Epochs are numbered from 1 in everything written here, as the training loop numbers them.
 """
@@ -39,6 +40,7 @@ from visionsweep.data.report import DataReport
 from visionsweep.devices import seed_everything
 from visionsweep.errors import VisionSweepError
 from visionsweep.evaluation.classification import scalar_metrics
+from visionsweep.exporting.mlflow_model import MLFLOW_MODEL_DIR, MlflowMissingError, write_mlflow_model
 from visionsweep.exporting.onnx_file import ONNX_FILE, export_onnx
 from visionsweep.families.base import ModelFamily, RunLoaders
 from visionsweep.families.selection import family_for
@@ -179,6 +181,8 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
     write_json(model_dir / "settings.json", settings.to_dict())
     if settings.export_onnx:
         _export_onnx(training.model, settings, data.classes, model_dir / ONNX_FILE)
+    if settings.save_mlflow:
+        _save_mlflow_model(model_dir)
     write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                             "epochs_count_from": 1, "metrics": result.best_metrics})
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
@@ -197,6 +201,21 @@ def _export_onnx(model: nn.Module, settings: Settings, classes: list[str], path:
                     "'visionsweep export' can retry", path.name, type(error).__name__, error)
         return
     log.info("wrote %s (%.1f MB) in %.1f s", path, exported.size_bytes / 1e6, exported.seconds)
+
+
+def _save_mlflow_model(model_dir: Path) -> None:
+    """Write ``model_dir/mlflow-model``. MLflow not installed is a log line, any other failure a warning:
+    either way the model folder is complete without it."""
+    try:
+        written = write_mlflow_model(model_dir)
+    except MlflowMissingError as error:
+        log.info("%s/ not written: %s (or set save_mlflow false)", MLFLOW_MODEL_DIR, error)
+        return
+    except Exception as error:  # any failure of MLflow: the run has succeeded and keeps its model.pt
+        log.warning("warning: %s/ was not written (%s: %s); the model folder is complete without it, and "
+                    "'visionsweep export --format mlflow' can retry", MLFLOW_MODEL_DIR, type(error).__name__, error)
+        return
+    log.info("wrote %s (%.1f MB) in %.1f s", written.path, written.size_bytes / 1e6, written.seconds)
 
 
 class _EpochRecorder:
