@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
@@ -176,8 +177,8 @@ def test_export_format_mlflow_from_a_run_folder_with_settings(detector, tmp_path
     assert main(["export", str(model_dir.parent), "--format", "mlflow", "--output", str(output),
                  "--set", "box_score_thresh=0.5"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == {"path": str(output), "task": OD, "model_name": "fasterrcnn_resnet18_fpn", "input": "image",
-                       "input_shape": None, "outputs": ["boxes"]}
+    assert printed == {"path": str(output), "format": "mlflow", "task": OD, "model_name": "fasterrcnn_resnet18_fpn",
+                       "input": "image", "outputs": ["boxes"]}
     flavor = mlflow.models.Model.load(str(output)).flavors["python_function"]
     assert flavor["config"] == {"settings": {"box_score_thresh": 0.5}}  # MLflow keeps model_config as "config"
     model = mlflow.pyfunc.load_model(str(output))
@@ -251,9 +252,10 @@ def test_a_failed_write_is_a_warning_never_a_failed_run(classifier, tmp_path, mo
 
 @pytest.mark.slow
 def test_a_sweep_writes_the_mlflow_model_of_its_best_model_only(classifier, tmp_path, capsys):
+    """... and its best model folder holds the best trial's model.onnx, which ONNX Runtime predicts with."""
     data = Path(classifier[1][0]).parent.parent / "data.jsonl"
     job = tmp_path / "job.yml"
-    parameters = {**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": False, "save_mlflow": True}
+    parameters = {**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True, "save_mlflow": True}
     job.write_text(f"""type: automl
 task: {CLS}
 training_data: {{path: {data}, type: uri_file}}
@@ -273,6 +275,10 @@ search_space:
     images = classifier[1][:2]
     answer = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in images]}))
     _same(answer.to_dict(orient="records"), _predicted(run, images, tmp_path))
+    assert (run / "best_model" / "model.onnx").is_file()
+    onnx_lines = read_lines(visionsweep.predict(run, images[0], output=tmp_path / "onnx.jsonl",
+                                                runtime="onnxruntime").output)
+    np.testing.assert_allclose(onnx_lines[0]["probs"], answer.loc[0, "probs"], rtol=1e-3, atol=1e-5)
 
 
 # --- mlflow models serve ----------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def classifier_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("classifier")
     data = write_color_dataset(folder)
     result = visionsweep.train("image_classification", data, data, output=folder / "run", progress=False,
-                               settings={**TINY_SETTINGS, "number_of_epochs": 1})
+                               settings={**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True})
     return result, data
 
 
@@ -149,7 +149,8 @@ def test_files_that_do_not_fit_are_refused_naming_the_problem(classifier_run, tm
     # A model.onnx of another model in the folder (a stale export): the checkpoint is the truth.
     other_dir = tmp_path / "other"
     other = visionsweep.train("image_classification_multilabel", write_color_dataset(tmp_path, multilabel=True),
-                              output=other_dir, progress=False, settings={**TINY_SETTINGS, "number_of_epochs": 1})
+                              output=other_dir, progress=False,
+                              settings={**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True})
     folder = tmp_path / "copy"
     shutil.copytree(result.model_dir, folder)
     shutil.copy(other.model_dir / "model.onnx", folder / "model.onnx")
@@ -212,7 +213,7 @@ def test_a_failed_export_is_a_warning_naming_the_cause_not_a_failed_run(tmp_path
     data = write_color_dataset(tmp_path)
     with caplog.at_level(logging.WARNING, logger="visionsweep"):
         result = visionsweep.train("image_classification", data, data, output=tmp_path / "run", progress=False,
-                                   settings={**TINY_SETTINGS, "number_of_epochs": 1})
+                                   settings={**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True})
     assert result.status == "completed" and (result.model_dir / "model.pt").is_file()
     assert not (result.model_dir / "model.onnx").exists()
     assert "model.onnx was not written (RuntimeError: the exporter ran out of luck)" in caplog.text

@@ -192,7 +192,7 @@ def classifier(tmp_path_factory) -> tuple[Path, list[Path]]:
     folder = tmp_path_factory.mktemp("classifier")
     data = write_color_dataset(folder)
     result = visionsweep.train("image_classification", data, data, output=folder / "run", progress=False,
-                               settings={**TINY_SETTINGS, "number_of_epochs": 1})
+                               settings={**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True})
     return result.run_dir, sorted((folder / "images").glob("*.png"))
 
 

@@ -108,8 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a trained model as ONNX (docs/deployment.md)")
     export.add_argument("model", help="a run folder, model folder, checkpoint or sweep run folder (its best trial's)")
-    export.add_argument("--format", default="onnx", help="the format to write: onnx (default)")
-    export.add_argument("--output", help="file to write (default: model.onnx in the model folder)")
+    export.add_argument("--format", default="onnx",
+                        help="onnx (default), or mlflow: an MLflow pyfunc model folder (needs the mlflow extra)")
+    export.add_argument("--output", help="file (onnx) or folder (mlflow) to write (default: model.onnx or mlflow-model/ "
+                                         "in the model folder)")
     export.add_argument("--batch", default="dynamic", metavar="N|dynamic",
                         help="the batch size the file takes (default: dynamic, any)")
     export.add_argument("--opset", type=int, help="the ONNX opset to write (default: 17)")
@@ -239,10 +241,12 @@ def _export(args: argparse.Namespace) -> int:
     result = api.export(args.model, args.output, format=args.format, batch=batch, opset=args.opset, nms=args.nms,
                         settings=_settings(args))
     log.info("wrote %s (%.1f MB) in %.1f s", result.path, result.size_bytes / 1e6, result.seconds)
-    print(json.dumps(json_ready({"path": result.path, "task": result.metadata.task,
-                                 "model_name": result.metadata.model_name, "input": result.metadata.input_name,
-                                 "input_shape": result.metadata.input_shape,
-                                 "outputs": list(result.metadata.outputs)}), indent=2))
+    metadata = result.metadata
+    summary = {"path": result.path, "format": args.format, "task": metadata.task, "model_name": metadata.model_name,
+               "input": metadata.input_name}
+    if args.format == "onnx":
+        summary["input_shape"] = metadata.input_shape
+    print(json.dumps(json_ready({**summary, "outputs": list(metadata.outputs)}), indent=2))
     return 0
 
 

@@ -8,8 +8,10 @@ of: at batch 1 the outputs are exactly the one-image graph's, with ``batch_index
 """
 from __future__ import annotations
 
-import onnx
-from onnx import TensorProto, helper
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # onnx is imported where a graph is built: it takes most of a second to import
+    import onnx
 
 BATCH_INDEX = "batch_index"
 _PREFIX = "vs_loop_"  # names of the values the wrapper adds, apart from the graph's own
@@ -19,6 +21,8 @@ def loop_over_batch(single: onnx.ModelProto, input_name: str) -> onnx.ModelProto
     """The model that runs ``single`` (one (3, H, W) image in ``input_name``, outputs of one row per
     detection) on each image of an (N, 3, H, W) ``input_name`` and concatenates the rows, adding
     ``batch_index`` (int64, one per row)."""
+    from onnx import TensorProto, helper
+
     graph = single.graph
     outputs = [(o.name, o.type.tensor_type.elem_type, _row_shape(o)) for o in graph.output]
     # The loop body sees the outer graph's names, so its own image and outputs get names of their own.
@@ -71,6 +75,8 @@ def _row_shape(output: onnx.ValueInfoProto) -> list[int | str | None]:
 
 
 def _sequence(name: str, dtype: int) -> onnx.ValueInfoProto:
+    from onnx import helper
+
     return helper.make_value_info(name, helper.make_sequence_type_proto(helper.make_tensor_type_proto(dtype, None)))
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import onnx
 import torch
 from torch import nn
 
 from visionsweep.errors import ExportError, SettingsError
 from visionsweep.exporting.batching import loop_over_batch
+
+if TYPE_CHECKING:  # onnx is imported where a graph is built or read: it takes most of a second to import,
+    import onnx    # which every training process and command would pay
 
 # The opsets the exporter writes: the batch loop slices shapes as opset 15 does (HardSwish needs 14); torch's TorchScript exporter stops at its maximum.
 MIN_OPSET = 15
@@ -111,6 +113,8 @@ def to_onnx(graph: OnnxGraph, options: ExportOptions) -> onnx.ModelProto:
         except Exception as error:  # the exporter's many error types all mean the same: this graph did not export
             raise ExportError(f"torch could not export the model at opset {options.opset}: "
                               f"{type(error).__name__}: {error}") from error
+    import onnx
+
     model = onnx.load_from_string(buffer.getvalue())
     if graph.per_image:
         model = loop_over_batch(model, graph.input_name)

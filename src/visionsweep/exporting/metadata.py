@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from visionsweep.errors import ExportError
+
+if TYPE_CHECKING:  # imported where a file is read or written (see graph.py)
+    import onnx
 
 FORMAT_VERSION = 1
 _KEY = "visionsweep"  # every key starts with this, so other tools' metadata never collides with ours
@@ -45,6 +46,8 @@ class OnnxMetadata:
 
     def write(self, model: onnx.ModelProto) -> None:
         """Replace ``model``'s visionsweep metadata with this one."""
+        import onnx
+
         props = {p.key: p.value for p in model.metadata_props if not p.key.startswith(f"{_KEY}.")}
         props.update({f"{_KEY}.{key}": json.dumps(value) for key, value in asdict(self).items()})
         onnx.helper.set_model_props(model, props)
@@ -52,6 +55,8 @@ class OnnxMetadata:
     @classmethod
     def of_file(cls, path: str | Path) -> "OnnxMetadata":
         """The metadata of the ONNX file at ``path``."""
+        import onnx
+
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as error:  # protobuf's DecodeError and onnx's own: not a readable ONNX file either way

@@ -47,15 +47,14 @@ class MlflowMissingError(ExportError):
 
 @dataclass(frozen=True)
 class MlflowModelMetadata:
-    """What the MLflow model takes and answers: one ``input_name`` column of images (any size, so no
-    ``input_shape``) and one column per answer field (``outputs``, each with what it holds)."""
+    """What the MLflow model takes and answers: one ``input_name`` column of images (of any size) and one
+    column per answer field (``outputs``, each with what it holds)."""
 
     task: str
     model_name: str
     labels: list[str]
     outputs: dict[str, str]
     input_name: str = INPUT_COLUMN
-    input_shape: None = None  # named as in OnnxMetadata, so that one description fits both exports
 
 
 @dataclass(frozen=True)

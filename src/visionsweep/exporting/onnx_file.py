@@ -11,9 +11,8 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import onnx
 import torch
 from torch import nn
 
@@ -23,6 +22,9 @@ from visionsweep.exporting.graph import ExportOptions, to_onnx
 from visionsweep.exporting.metadata import OnnxMetadata
 from visionsweep.families.selection import family_for
 from visionsweep.settings import Settings
+
+if TYPE_CHECKING:  # imported where a file is written (see graph.py)
+    import onnx
 
 ONNX_FILE = "model.onnx"
 
@@ -39,6 +41,8 @@ def export_onnx(model: nn.Module, settings: Settings, labels: Sequence[str], out
                 options: ExportOptions = ExportOptions()) -> OnnxExport:
     """Write ``model`` (trained for ``settings`` on ``labels``) to ``output`` as ONNX. ``model`` itself
     is left as it is: a copy is exported, on the CPU."""
+    import onnx
+
     started = time.perf_counter()
     family = family_for(settings, labels, torch.device("cpu"), _no_images)
     network = family.inference_model(copy.deepcopy(model).cpu()).eval()
