@@ -162,7 +162,10 @@ def bench_case(case: Case, folder: Path, args: argparse.Namespace, result: dict[
     result["exports"][case.name] = {"seconds": round(exported.seconds, 2),
                                     "file_mb": round(exported.size_bytes / 1e6, 1)}
     print(json.dumps({"model": case.name, **result["exports"][case.name]}), file=sys.stderr, flush=True)
-    default = OnnxSession(exported.path)  # as visionsweep loads it: ONNX Runtime's default options
+    default = OnnxSession(exported.path)
+    # ONNX Runtime's own default options (one thread per physical core); OnnxSession itself takes torch's
+    # thread count, which is the "ort" contender below.
+    default.session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     ort_default = family.onnx_model(default)
     for batch in args.batches:
         images = case.inputs(batch)
