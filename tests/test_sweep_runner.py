@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -24,6 +26,19 @@ from visionsweep.sweep.status import sweep_status
 @pytest.fixture
 def job_file(tmp_path):
     return job_writer(tmp_path)
+
+
+def test_the_stand_in_trainer_adds_no_torch_to_a_trial_process():
+    # Every trial of the sweep tests imports sweep_helpers; with torch (visionsweep.training loads train on
+    # first use, not on import) each would spend 8-13 s importing on a busy 2-core machine, and the sweep
+    # tests take minutes longer. The trial process itself, and its retry rules, must not load torch either.
+    code = ("import sys\nfrom visionsweep.sweep.trial_process import main\nimport visionsweep.training.recovery\n"
+            "assert 'torch' not in sys.modules\nbefore = set(sys.modules)\n"
+            "import sweep_helpers\nadded = set(sys.modules) - before\n"
+            "assert not {'torch', 'torchvision', 'timm'} & added, sorted(added)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # --- failure isolation ------------------------------------------------------------------------------------
