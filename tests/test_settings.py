@@ -44,6 +44,7 @@ CASES = {
     "validation_size": ((CLS, "resnet18"), 0.3, 1.0, "x"),
     "seed": ((CLS, "resnet18"), 7, -1, "x"),
     "deterministic": ((CLS, "resnet18"), True, None, "x"),
+    "distributed": ((CLS, "resnet18"), False, None, "x"),
     "num_workers": ((CLS, "resnet18"), 0, -1, "x"),
     "ignore_data_errors": ((CLS, "resnet18"), False, None, "x"),
     "primary_metric": ((CLS, "resnet18"), "f1_score_macro", "iou", 3),

@@ -254,7 +254,8 @@ def test_checkpoints_and_incremental_training(tmp_path):
     data = write_color_dataset(tmp_path / "data")
     first = train("image_classification", data, settings={**TINY_SETTINGS, "checkpoint_frequency": 1},
                   output=tmp_path / "first", progress=False)
-    assert sorted(p.name for p in (tmp_path / "first" / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
+    assert sorted(p.name for p in (tmp_path / "first" / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt",
+                                                                                    "last.pt"]  # last.pt: resume
     periodic = load_checkpoint(tmp_path / "first" / "checkpoints" / "epoch_2.pt")
     assert "optimizer_state" in periodic and periodic["epoch"] == 2
     best = load_checkpoint(first.model_dir / "model.pt")

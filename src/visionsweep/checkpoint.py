@@ -4,8 +4,10 @@ A checkpoint is a ``torch.save`` dict of tensors and plain data only (numbers, s
 it loads with ``torch.load(weights_only=True)`` and no file can run code when loaded: ``format``,
 ``task``, ``model_name``, ``labels`` (class names in index order), ``number_of_classes``, ``settings``
 (the run's resolved settings, as in settings.json), ``model_state``, ``epoch``, ``score`` and ``metrics``
-of that epoch; periodic checkpoints add ``optimizer_state`` and ``lr_scheduler_state``. Files written
-before this rule was enforced hold the same plain content and load unchanged.
+of that epoch; periodic checkpoints add ``optimizer_state`` and ``lr_scheduler_state``, and a run's
+``checkpoints/last.pt`` also ``training_state`` (what resuming the run needs, see
+``visionsweep.training.resume``). Files written before this rule was enforced hold the same plain content
+and load unchanged.
 """
 from __future__ import annotations
 
@@ -30,8 +32,11 @@ PARTIAL_SUFFIX = ".partial"
 
 def save_checkpoint(path: Path, *, model: nn.Module, task: str, model_name: str, labels: list[str],
                     settings: dict[str, Any], epoch: int, score: float | None, metrics: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None, schedule: Any = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, schedule: Any = None,
+                    training_state: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (a killed run never leaves a half-written file behind).
+
+    ``training_state`` (tensors and plain data) is stored as it is, for resuming the run.
 
     Leftover ``*.pt.partial`` files of an interrupted save in the same folder are removed. Raises
     TypeError, before writing anything, if some entry is not a tensor or plain data.
@@ -46,6 +51,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, task: str, model_name: str,
         content["optimizer_state"] = optimizer.state_dict()
     if schedule is not None:
         content["lr_scheduler_state"] = schedule.state_dict()
+    if training_state is not None:
+        content["training_state"] = training_state
     _check_plain(content, "checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob("*.pt" + PARTIAL_SUFFIX):
@@ -144,6 +151,7 @@ _REQUIRED = {
 _OPTIONAL = {
     "epoch": ("an integer", (int, type(None))), "score": ("a number", (int, float, type(None))),
     "metrics": ("a dict", (dict,)), "optimizer_state": ("a dict", (dict,)), "lr_scheduler_state": ("a dict", (dict,)),
+    "training_state": ("a dict", (dict,)),
 }
 
 

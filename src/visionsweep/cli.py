@@ -5,6 +5,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +24,11 @@ DESCRIPTION = ("Local-first AutoML for computer vision, compatible with Azure Au
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "check_arguments", None):
+        args.check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Images above max_image_pixels are skipped and reported; PIL's warning about them would only repeat it.
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
@@ -56,14 +61,27 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
     train = commands.add_parser("train", help="train one model and write its run folder")
-    train.add_argument("--task", required=True, help=f"the task, one of: {tasks}")
-    train.add_argument("--data", required=True, help="training data: a JSONL file or an MLTable folder")
+    train.add_argument("--task", help=f"the task, one of: {tasks} (required unless --resume)")
+    train.add_argument("--data", help="training data: a JSONL file or an MLTable folder (required unless --resume)")
     train.add_argument("--validation-data", help="validation data; without it validation_size is held out")
     _settings_options(train)
     train.add_argument("--output", help="run folder to write (default: runs/TASK-MODEL-TIME)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
-    train.set_defaults(handler=_train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the interrupted run in RUN_DIR from its checkpoints/last.pt, with its own data "
+                            "and settings (--set may change training_batch_size, grad_accumulation_step, num_workers "
+                            "and a larger number_of_epochs)")
+    launch = train.add_argument_group("distributed training (docs/distributed.md)")
+    launch.add_argument("--nproc-per-node", type=int, metavar="N",
+                        help="processes on this machine, one per GPU (default: every GPU when there are several and "
+                             "the setting distributed is true, else 1; on the CPU N processes share the cores)")
+    launch.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines in the run (default: 1)")
+    launch.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0 to M-1")
+    launch.add_argument("--master-addr", metavar="ADDRESS", help="address of the machine of node rank 0")
+    launch.add_argument("--master-port", type=int, metavar="PORT",
+                        help="its rendezvous port (default: a free port with one machine, 29500 with several)")
+    train.set_defaults(handler=_train, check_arguments=lambda args: _check_train_arguments(train, args))
 
     predict = commands.add_parser("predict", help="predict with a trained model; writes JSON Lines")
     predict.add_argument("model", help="a run folder, a model folder, a checkpoint file, a sweep's run folder "
@@ -190,16 +208,77 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return override_settings(values, parse_set_options(args.set))
 
 
+def _check_train_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--task and --data are required, except with --resume, which takes the run's own (usage errors, exit 2)."""
+    if args.resume is None:
+        missing = [option for option, value in (("--task", args.task), ("--data", args.data)) if value is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)} (or --resume RUN_DIR)")
+        return
+    given = [option for option, value in (("--task", args.task), ("--data", args.data),
+                                          ("--validation-data", args.validation_data), ("--output", args.output))
+             if value is not None] + (["--overwrite"] if args.overwrite else [])
+    if given:
+        parser.error(f"--resume continues the run in RUN_DIR with its own task, data and folder; leave out "
+                     f"{', '.join(given)}")
+
+
 def _train(args: argparse.Namespace) -> int:
+    from visionsweep.distributed import launched_world_size
     from visionsweep.training import train
 
-    result = train(args.task, args.data, args.validation_data, settings=_settings(args), output=args.output,
-                   progress=not args.no_progress, overwrite=args.overwrite)
+    settings = _settings(args)
+    if launched_world_size() == 1:  # not yet one of the launcher's processes: maybe start them
+        launch = _launch(args, settings)
+        if launch.world_size > 1:
+            from visionsweep.training.launcher import launch_processes
+
+            launch_processes(launch, ["--module", "visionsweep", *_without_launch_options(args.argv)])
+            return 0
+    resume = args.resume is not None
+    result = train(args.task, args.data, args.validation_data, settings=settings,
+                   output=args.resume if resume else args.output, progress=not args.no_progress,
+                   overwrite=args.overwrite, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 prints the summary
     print(json.dumps(json_ready({
         "run_dir": result.run_dir, "model_dir": result.model_dir, "status": result.status,
         "primary_metric": result.primary_metric, "best_score": result.best_score, "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run}), indent=2))
     return 0
+
+
+_LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def _launch(args: argparse.Namespace, settings: dict[str, Any]) -> Any:
+    from visionsweep.devices import visible_gpu_count
+    from visionsweep.settings import resolve_settings
+    from visionsweep.training.launcher import Launch, processes_per_node
+
+    if args.resume is not None:  # the run's own settings, with the changes allowed on resume
+        from visionsweep.training.resume import settings_to_resume
+
+        _, resolved = settings_to_resume(Path(args.resume), settings)
+    else:
+        resolved = resolve_settings(args.task, settings)
+    processes = processes_per_node(args.nproc_per_node, distributed=resolved.distributed, device=resolved.device,
+                                   gpus=visible_gpu_count())
+    return Launch(processes, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+
+
+def _without_launch_options(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the launcher's options (the processes it starts must not start processes again)."""
+    kept: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _LAUNCH_OPTIONS:
+            skip = True
+        elif not token.startswith(tuple(option + "=" for option in _LAUNCH_OPTIONS)):
+            kept.append(token)
+    return kept
 
 
 def _predict(args: argparse.Namespace) -> int:

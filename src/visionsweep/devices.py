@@ -1,7 +1,9 @@
-"""Devices and seeds: which device a run uses, and seeding every random generator from the run's seed."""
+"""Devices and seeds: which device a run uses, seeding every random generator from the run's seed, and
+the generators' states, which a resumed run restores to draw what the interrupted run would have drawn."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,3 +51,46 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def random_states() -> dict[str, Any]:
+    """The state of every global generator a run draws from (torch's CPU one, CUDA's when present, NumPy's
+    global one, Python's ``random``) as tensors and plain data, so that a checkpoint holding it loads with
+    ``weights_only``."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next},
+    }
+
+
+def restore_random_states(states: dict[str, Any]) -> None:
+    """Put back the generators ``random_states`` recorded. CUDA states are restored for the GPUs present
+    (a process uses one; the others' states matter to nobody)."""
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available():
+        for index, state in enumerate(states["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
+    numpy = states["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+
+
+def generator_state(rng: np.random.Generator | None) -> dict[str, Any] | None:
+    """The state of a NumPy generator as plain data (None for no generator)."""
+    return None if rng is None else rng.bit_generator.state
+
+
+def generator_from_state(state: dict[str, Any] | None) -> np.random.Generator | None:
+    """A generator (of ``default_rng`` 's kind) in ``state`` (from ``generator_state``)."""
+    if state is None:
+        return None
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng

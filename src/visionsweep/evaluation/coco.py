@@ -102,6 +102,18 @@ class CocoEvaluator:
             raise ValueError("cannot merge COCO evaluators with different classes or IoU types")
         self._images.extend(other._images)
 
+    def state(self) -> list[dict[str, Any]]:
+        """What ``add`` kept, image by image, as plain data and arrays (for ``merge_state``)."""
+        return [{"detections": vars(detections), "truth": vars(truth), "scale": [scale_x, scale_y], "size": size}
+                for detections, truth, scale_x, scale_y, size in self._images]
+
+    def merge_state(self, state: Sequence[Mapping[str, Any]]) -> None:
+        """Add the images of another process's evaluator of the same classes (its ``state()``) after ours."""
+        for image in state:
+            size = image["size"]
+            self._images.append((Detections(**image["detections"]), GroundTruth(**image["truth"]), *image["scale"],
+                                 None if size is None else tuple(size)))
+
     def compute(self) -> dict[str, float]:
         """The twelve COCO numbers keyed by ``COCO_METRIC_NAMES``; -1 where pycocotools finds no ground truth
         for a range. With no prediction at all every number is 0 (as the reference), without running COCOeval."""

@@ -59,6 +59,18 @@ class DetectionEvaluation:
         if self.coco is not None:
             self.coco.merge(other.coco)
 
+    def state(self) -> dict[str, Any]:
+        """What the evaluators kept, as plain data and arrays: another process's share to ``merge_state``."""
+        return {"voc": None if self.voc is None else self.voc.state(),
+                "coco": None if self.coco is None else self.coco.state()}
+
+    def merge_state(self, state: Mapping[str, Any]) -> None:
+        """Add the images of an evaluation of the same kind (its ``state()``) after ours."""
+        if self.voc is not None:
+            self.voc.merge_state(state["voc"])
+        if self.coco is not None:
+            self.coco.merge_state(state["coco"])
+
     def compute(self) -> dict[str, Any]:
         """The metrics dict: VOC keys (see ``VocEvaluator.compute``) and/or ``coco_metrics`` (twelve named
         COCO numbers); ``mean_average_precision`` is always the primary score when any metric ran."""

@@ -85,14 +85,23 @@ class VocEvaluator:
         if (other.class_names, other.iou_threshold, other.iou_type) != (self.class_names, self.iou_threshold,
                                                                         self.iou_type):
             raise ValueError("cannot merge evaluators with different classes, IoU thresholds or IoU types")
-        labels, scores, outcomes, image_ids = other._arrays()
-        self._labels.append(labels)
-        self._scores.append(scores)
-        self._outcomes.append(outcomes)
-        self._image_ids.append(image_ids + self.images)
-        self._objects += other._objects
-        self.images += other.images
-        self.images_with_objects += other.images_with_objects
+        self.merge_state(other.state())
+
+    def state(self) -> dict[str, Any]:
+        """What ``add`` kept, as plain data and arrays (``merge_state`` adds it to another evaluator)."""
+        labels, scores, outcomes, image_ids = self._arrays()
+        return {"images": self.images, "images_with_objects": self.images_with_objects, "objects": self._objects,
+                "labels": labels, "scores": scores, "outcomes": outcomes, "image_ids": image_ids}
+
+    def merge_state(self, state: Mapping[str, Any]) -> None:
+        """Add the images of another process's evaluator of the same classes (its ``state()``) after ours."""
+        self._labels.append(state["labels"])
+        self._scores.append(state["scores"])
+        self._outcomes.append(state["outcomes"])
+        self._image_ids.append(state["image_ids"] + self.images)
+        self._objects = self._objects + state["objects"]
+        self.images += state["images"]
+        self.images_with_objects += state["images_with_objects"]
 
     def compute(self) -> dict[str, Any]:
         """``mean_average_precision`` (the primary metric), ``precision``, ``recall`` (means over the classes

@@ -6,9 +6,12 @@ per image. Everything else (epochs, optimiser steps, schedules, early stopping, 
 prediction files) is family-agnostic and talks to a family only through ``ModelFamily``.
 
 A family object is made for one run or one loaded model (``visionsweep.families.selection``); it
-holds that run's settings, classes, device and failure sink. Export is part of the contract too: only
-the family knows its network's input layout and what its outputs mean (``onnx_graph``), and how to
-run an exported graph where it would run its torch model (``onnx_model``).
+holds that run's settings, classes, device and failure sink, and the ``ranks`` of the processes that
+train the run together (``visionsweep.distributed``): its training loader gives each process its share,
+its validation pass gathers every share, so that every process computes the metrics of the whole set.
+Export is part of the contract too: only the family knows its network's input layout and what its
+outputs mean (``onnx_graph``), and how to run an exported graph where it would run its torch model
+(``onnx_model``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from visionsweep.data.records import ImageRecord
+from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.errors import ExportError
 
 if TYPE_CHECKING:  # the export modules load onnx and onnxruntime, which training never needs
@@ -48,7 +52,14 @@ class ModelFamily(ABC, Generic[Prediction]):
     Subclasses implement the abstract methods; the hooks after them have defaults that suit most
     models. ``Prediction`` is the family's per-image prediction record (``ImageScores`` for
     classifiers, ``ImageDetections`` for detectors); it carries the image's dataset index.
+
+    ``loss_reduction`` says what ``train_step`` 's loss is over the batch's images: "mean" or "sum" (the
+    loop scales a summed loss by the number of processes, since DDP averages their gradients, so that N
+    processes with batch b take the step one process takes with batch N x b).
     """
+
+    ranks: Ranks = SINGLE_PROCESS
+    loss_reduction: str = "mean"
 
     @abstractmethod
     def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
@@ -60,11 +71,14 @@ class ModelFamily(ABC, Generic[Prediction]):
 
     @abstractmethod
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int] | None:
-        """The mean loss of one batch and its number of images; None skips a batch with no usable image."""
+        """The loss of one batch (see ``loss_reduction``) and its number of images; None skips a batch with no
+        usable image. ``model`` may be wrapped for distributed training: call it, but read its attributes from
+        ``visionsweep.distributed.unwrap(model)``."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
-        """Metrics of a full validation pass (the model is already in eval mode, gradients off)."""
+        """Metrics of a full validation pass (the model is already in eval mode, gradients off); with several
+        ranks, ``loader`` holds this process's share and the metrics are those of every share together."""
 
     @abstractmethod
     def predict_batch(self, model: nn.Module, batch: Any, stage: str) -> list[Prediction]:
@@ -89,6 +103,16 @@ class ModelFamily(ABC, Generic[Prediction]):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after every optimizer step (e.g. to update an exponential moving average)."""
+
+    def training_state(self) -> dict[str, Any]:
+        """What the family carries from one epoch to the next (a moving average of the weights, its own random
+        generators), as tensors and plain data: saved after every epoch in ``checkpoints/last.pt``, so that a
+        resumed run continues as the interrupted one would have (``load_training_state``)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``training_state()`` of an interrupted run; called after ``training_loaders`` and
+        before the first training step."""
 
     def weights_to_keep(self, model: nn.Module) -> nn.Module:
         """The network that is evaluated, kept as the best epoch and saved: ``model`` itself, or for

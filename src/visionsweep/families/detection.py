@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from visionsweep.data.detection_labels import check_detection_data
 from visionsweep.data.records import ImageRecord, LabeledData, ObjectAnnotation
 from visionsweep.data.report import DataReport
+from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.families.base import ModelFamily, RunLoaders
 from visionsweep.families.loaders import make_loader
@@ -133,6 +134,12 @@ class DetectionFamily(ModelFamily[ImageDetections]):
                            image_sizes=[f.frame_size for f in found], original_sizes=[f.original_size for f in found])
             loss_sum += detected.loss_sum
             images += len(found)
+        if self.ranks.is_distributed:  # every rank's share, in rank order, which is dataset order
+            shares = self.ranks.gather({"evaluation": evaluation.state(), "loss_sum": loss_sum, "images": images})
+            evaluation = self.new_evaluation()
+            for share in shares:
+                evaluation.merge_state(share["evaluation"])
+            loss_sum, images = sum(s["loss_sum"] for s in shares), sum(s["images"] for s in shares)
         metrics = evaluation.compute()
         if self.validation_loss and images:
             metrics["log_loss"] = loss_sum / images
@@ -179,16 +186,17 @@ class ElementDetectionFamily(DetectionFamily):
         check_run_records(train, validation)
         s = self.settings
         return RunLoaders(self.loader(self.training_dataset(train, whole_images(train)), s.training_batch_size,
-                                      shuffle=True, seed=s.seed),
+                                      shuffle=True, seed=s.seed, ranks=self.ranks),
                           self.loader(self.evaluation_dataset(validation), s.validation_batch_size, shuffle=False,
-                                      seed=s.seed))
+                                      seed=s.seed, ranks=self.ranks))
 
     def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
         return self.loader(self.evaluation_dataset(records), self.settings.validation_batch_size, shuffle=False,
                            seed=None)
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int | None,
-               collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
-        """A loader of this run's workers and device, batching with ``collate`` (default: the family's)."""
+               collate: Callable[[list[Any]], Any] | None = None, ranks: Ranks = SINGLE_PROCESS) -> DataLoader:
+        """A loader of this run's workers and device over ``ranks`` ' share of ``dataset``, batching with
+        ``collate`` (default: the family's)."""
         return make_loader(dataset, batch_size, shuffle=shuffle, num_workers=self.settings.num_workers,
-                           collate_fn=collate or self.collate, device=self.device, seed=seed)
+                           collate_fn=collate or self.collate, device=self.device, seed=seed, ranks=ranks)

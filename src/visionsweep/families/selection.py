@@ -12,6 +12,7 @@ import torch
 
 from visionsweep import model_catalog
 from visionsweep.data.tiling import Tiling
+from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.errors import SettingsError
 from visionsweep.families.base import FailureSink, ModelFamily
 from visionsweep.families.classification import ClassificationFamily
@@ -31,10 +32,10 @@ FAMILIES: dict[str, type[ModelFamily]] = {
 
 
 def family_for(settings: Settings, classes: Sequence[str], device: torch.device,
-               on_failures: FailureSink) -> ModelFamily:
+               on_failures: FailureSink, ranks: Ranks = SINGLE_PROCESS) -> ModelFamily:
     """The family object of a run (or of a trained model's settings): ``settings.model_name`` 's family,
-    wrapped in ``TiledDetection`` when the settings tile."""
-    family = FAMILIES[model_catalog.family_of(settings.model_name)](settings, classes, device, on_failures)
+    wrapped in ``TiledDetection`` when the settings tile. ``ranks``: the processes training the run together."""
+    family = FAMILIES[model_catalog.family_of(settings.model_name)](settings, classes, device, on_failures, ranks)
     tiling = Tiling.from_settings(settings)
     if tiling is None:
         return family

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from visionsweep.data.images import DECODE_ERRORS, ImageProblem, describe_decode_error, load_record_rgb, probe_image
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.tiling import Tiling, all_tiles, tiles_with_objects
+from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.exporting.graph import ExportOptions, OnnxGraph
 from visionsweep.exporting.runtime import OnnxSession
 from visionsweep.families.base import RunLoaders
@@ -108,6 +109,7 @@ class TiledDetection(DetectionFamily):
         self.family = family
         self.tiling = tiling
         self.settings, self.classes, self.device = family.settings, family.classes, family.device
+        self.ranks = family.ranks
         self.iou_type = family.iou_type
         family.track_training_metrics = False  # off with tiling, as the reference
 
@@ -119,17 +121,20 @@ class TiledDetection(DetectionFamily):
                  self.tiling.overlap, len(train_set), len(train))
         if s.log_training_metrics == "Enable":
             log.info("log_training_metrics is ignored with tiling (training metrics are off, as in the reference)")
-        return RunLoaders(self.family.loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed),
-                          self._groups_loader(validation, every_tile=False, seed=s.seed))
+        return RunLoaders(self.family.loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed,
+                                             ranks=self.ranks),
+                          self._groups_loader(validation, every_tile=False, seed=s.seed, ranks=self.ranks))
 
     def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
         return self._groups_loader(records, every_tile=True, seed=None)
 
-    def _groups_loader(self, records: Sequence[ImageRecord], *, every_tile: bool, seed: int | None) -> DataLoader:
+    def _groups_loader(self, records: Sequence[ImageRecord], *, every_tile: bool, seed: int | None,
+                       ranks: Ranks = SINGLE_PROCESS) -> DataLoader:
         # A batch holds about validation_batch_size model inputs, as the reference counts tiles in batches.
+        # An image and its tiles are one item, so they go to the same rank.
         groups = TileGroups(self.family.evaluation_dataset(records), self.tiling, every_tile=every_tile)
         return self.family.loader(groups, self.tiling.images_per_batch(self.settings.validation_batch_size),
-                                  shuffle=False, seed=seed, collate=self.collate)
+                                  shuffle=False, seed=seed, collate=self.collate, ranks=ranks)
 
     def collate(self, groups: list[list[TiledItem]]) -> TiledBatch:
         """Flatten the items of several images into one batch, keeping each image before its tiles."""
@@ -150,6 +155,12 @@ class TiledDetection(DetectionFamily):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         self.family.after_optimizer_step(model)
+
+    def training_state(self) -> dict[str, Any]:
+        return self.family.training_state()
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.family.load_training_state(state)
 
     def weights_to_keep(self, model: nn.Module) -> nn.Module:
         return self.family.weights_to_keep(model)

@@ -45,7 +45,7 @@ ALIASES = {
 AZURE_ONLY_KEYS = frozenset({
     "enable_code_generation", "stream_image_files", "log_verbose_metrics",
     "print_local_package_versions", "output_scoring", "validate_scoring", "log_scoring_file_info",
-    "distributed", "label_column_name", "project_id", "version_number",
+    "label_column_name", "project_id", "version_number",
 })
 AZURE_ONLY_NOTE = "is ignored: it only configures Azure services"
 

@@ -93,7 +93,11 @@ class Settings(BaseModel):
     validation_size: float = Field(
         0.2, gt=0.0, lt=1.0, description="Fraction of the training data held out when no validation data is given.")
     seed: Optional[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
-        None, description="Random seed; unset draws one, which is recorded in the run's settings.json.")
+        None, description="Random seed; unset draws one (47 in a distributed run, so that every process has the "
+                          "same), which is recorded in the run's settings.json.")
+    distributed: bool = Field(
+        True, description="Train on every GPU of the machine, one process each (PyTorch DDP), when it has more than "
+                          "one; false trains on one. See docs/distributed.md.")
     deterministic: bool = Field(False, description="Ask PyTorch for deterministic algorithms (slower on GPU).")
     num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = Field(
         description="Data loader worker processes. The default is capped at the CPU count; a larger value given "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 class EarlyStopping:
@@ -38,3 +39,15 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.enabled and self.counter >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to take the same decisions (plain data, for a checkpoint)."""
+        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "counter": self.counter,
+                "should_stop": self.should_stop}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()``. ``should_stop`` follows from the counter (patience and enabled are
+        settings a resumed run keeps), so it is stored for the reader of the file, not read back."""
+        self.best_epoch = state["best_epoch"]
+        self.best_score = float(state["best_score"])
+        self.counter = int(state["counter"])

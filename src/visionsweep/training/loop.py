@@ -10,9 +10,19 @@ Epochs are numbered from 1 (``EpochReport.epoch``, ``FitResult.best_epoch``), th
 counts them in logs and metrics files. The reference states its rules over 0-based indices; they
 are kept, translated: epoch ``n`` is evaluated when ``(n - 1) % evaluation_frequency == 0`` (so the
 first epoch always is) or when it is the last.
+
+Resuming (``start``): the loop continues an interrupted run at its next epoch with the same early-stopping
+state, best epoch and loss scale (``LoopState``); restoring the weights, optimizer, schedule, family and
+random generators is the caller's part (``visionsweep.training.run``).
+
+Distributed (``family.ranks``): the network is wrapped in ``DistributedDataParallel``, which averages
+the gradients of the processes at every optimizer step (gradient-accumulation steps in between skip
+the exchange). Every process validates its share and the family gathers the metrics of all, so every
+process takes the same best-epoch and early-stopping decisions; a cancel asked for by one stops all.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,8 +32,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from visionsweep.distributed import Ranks
 from visionsweep.errors import TrainingError
 from visionsweep.families.base import ModelFamily
+from visionsweep.families.loaders import start_epoch
 from visionsweep.models.freezing import train_mode
 from visionsweep.training.early_stopping import EarlyStopping
 from visionsweep.training.schedulers import Schedule
@@ -45,6 +57,19 @@ class LoopConfig:
 
 
 @dataclass
+class LoopState:
+    """What the loop carries from one epoch to the next beyond the model, optimizer and schedule: handed
+    out with every ``EpochReport`` (``best_state`` left out: the caller saves the best weights itself), and
+    handed back to ``fit(start=...)`` to continue a run."""
+
+    next_epoch: int  # counted from 1
+    early_stopping: dict[str, Any]  # EarlyStopping.state()
+    grad_scaler: dict[str, Any] = field(default_factory=dict)  # GradScaler.state_dict(); empty without AMP
+    best_metrics: dict[str, Any] = field(default_factory=dict)  # every validation metric of the best epoch
+    best_state: dict[str, torch.Tensor] | None = None  # the kept weights of the best epoch (CPU tensors)
+
+
+@dataclass
 class EpochReport:
     """What one epoch produced; handed to ``on_epoch_end``."""
 
@@ -61,6 +86,7 @@ class EpochReport:
     best_score: float | None = None
     stop_early: bool = False
     train_duration_s: float = 0.0  # the training passes of the epoch alone
+    loop_state: LoopState | None = None  # where the loop stands after this epoch, to resume from
 
 
 @dataclass
@@ -83,6 +109,7 @@ def fit(
     *,
     device: torch.device,
     on_epoch_end: Callable[[EpochReport, nn.Module], bool] | None = None,
+    start: LoopState | None = None,
 ) -> FitResult:
     """Train ``model`` and leave the weights of the best epoch in it.
 
@@ -90,19 +117,29 @@ def fit(
     ``ModelFamily.weights_to_keep``); returning True cancels the run (it still ends with the best
     weights loaded). The best epoch's weights are kept in memory so that the
     model handed back, and everything exported from it, is the best epoch rather than the last.
+    With several ranks, ``model`` is each process's copy of the network (not wrapped). ``start`` continues
+    an interrupted run (see ``LoopState``) whose model, optimizer and schedule the caller has restored.
     """
+    ranks = family.ranks
+    trained = _parallel(model, ranks, device)
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     stopper = EarlyStopping(patience=config.early_stopping_patience, delay=config.early_stopping_delay,
                             enabled=config.early_stopping)
     accumulation = max(1, min(config.grad_accumulation_step, len(train_loader)))
-    best_state: dict[str, torch.Tensor] | None = None
-    best_metrics: dict[str, Any] = {}
-    status = "completed"
-    epoch = 0
-    for epoch in range(1, config.number_of_epochs + 1):
+    start = start or LoopState(next_epoch=1, early_stopping=stopper.state())  # a new run: from the beginning
+    stopper.load_state(start.early_stopping)
+    if start.grad_scaler and scaler.is_enabled():  # a run saved without AMP (on the CPU) starts a fresh scale
+        scaler.load_state_dict(start.grad_scaler)
+    best_state, best_metrics = start.best_state, start.best_metrics
+    # A run killed after deciding to stop early, before it wrote its model folder, trains no further.
+    status = "early_stopped" if stopper.should_stop else "completed"
+    last_epoch = start.next_epoch - 1 if stopper.should_stop else config.number_of_epochs
+    epoch = start.next_epoch - 1
+    for epoch in range(start.next_epoch, last_epoch + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, family, train_loader, optimizer, schedule, scaler, accumulation, config,
+        start_epoch(train_loader, epoch)
+        train_loss = _train_epoch(trained, family, train_loader, optimizer, schedule, scaler, accumulation, config,
                                   epoch, use_amp)
         report = EpochReport(epoch=epoch, train_loss=train_loss, learning_rate=schedule.learning_rate,
                              duration_s=0.0, evaluated=False, training_metrics=family.training_metrics(),
@@ -123,8 +160,10 @@ def fit(
         report.best_epoch = stopper.best_epoch
         report.best_score = stopper.best_score if stopper.best_epoch is not None else None
         report.stop_early = stopper.should_stop
+        report.loop_state = LoopState(next_epoch=epoch + 1, early_stopping=stopper.state(),
+                                      grad_scaler=scaler.state_dict(), best_metrics=best_metrics)
         report.duration_s = time.perf_counter() - started
-        cancelled = bool(on_epoch_end(report, kept)) if on_epoch_end else False
+        cancelled = ranks.any(bool(on_epoch_end(report, kept)) if on_epoch_end else False)
         if cancelled:
             status = "cancelled"
             break
@@ -138,7 +177,34 @@ def fit(
                      best_metrics=best_metrics)
 
 
+def _parallel(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
+    """``model`` wrapped for distributed training when there are several ranks (itself otherwise)."""
+    if not ranks.is_distributed:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _batch_step(family: ModelFamily, model: nn.Module, batch: Any, usable: Any
+                ) -> tuple[tuple[torch.Tensor, int] | None, float]:
+    """The family's training step on ``batch`` and the weight of its loss (None: skip the batch).
+
+    Every process of a distributed run must take part in each gradient exchange, so one whose batch has no
+    usable image runs ``usable`` (its last batch that had one) again with weight 0, adding nothing."""
+    step = family.train_step(model, batch)
+    if step is not None or not family.ranks.is_distributed:
+        return step, 1.0
+    if usable is None:
+        raise TrainingError(f"no image of the first training batch of rank {family.ranks.rank} could be read, so it "
+                            "cannot take part in distributed training; fix or remove the unreadable images (see the "
+                            "data report)")
+    return family.train_step(model, usable), 0.0
+
+
 def _train_epoch(model, family, loader, optimizer, schedule, scaler, accumulation, config, epoch, use_amp) -> float:
+    """One pass over this process's share of the training data; the mean training loss of every process."""
+    ranks = family.ranks
+    # DDP averages gradients over the processes: a loss summed over the batch is scaled back up.
+    loss_scale = ranks.world_size if family.loss_reduction == "sum" else 1
     train_mode(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = next(iter(parameters)).device
@@ -153,17 +219,25 @@ def _train_epoch(model, family, loader, optimizer, schedule, scaler, accumulatio
                disable=None if config.progress else True, mininterval=1.0)
     optimizer.zero_grad(set_to_none=True)
     last = len(loader) - 1
+    usable = None  # the last batch with a usable image, to stand in for one without (``_batch_step``)
     for index, batch in enumerate(loader):
-        with torch.autocast("cuda", enabled=use_amp):
-            step = family.train_step(model, batch)
-        if step is not None:
-            loss, images = step
-            detached = loss.detach().float()
-            loss_sum += detached * images
-            worst = torch.maximum(worst, torch.nan_to_num(detached, nan=math.inf))
-            images_seen += images
-            scaler.scale(loss / accumulation).backward()
-        if (index + 1) % accumulation == 0 or index == last:
+        stepping = (index + 1) % accumulation == 0 or index == last
+        # Between optimizer steps the processes need not exchange gradients: they add up locally.
+        exchange = contextlib.nullcontext() if stepping or not ranks.is_distributed else model.no_sync()
+        with exchange:
+            with torch.autocast("cuda", enabled=use_amp):
+                step, weight = _batch_step(family, model, batch, usable)
+            if step is not None and weight:
+                usable = batch
+            if step is not None:
+                loss, images = step
+                if weight:
+                    detached = loss.detach().float()
+                    loss_sum += detached * images
+                    worst = torch.maximum(worst, torch.nan_to_num(detached, nan=math.inf))
+                    images_seen += images
+                scaler.scale(loss * (weight * loss_scale / accumulation)).backward()
+        if stepping:
             scaler.unscale_(optimizer)
             if config.grad_clip_type == "norm":
                 torch.nn.utils.clip_grad_norm_(parameters, max_norm=1.0)
@@ -184,7 +258,9 @@ def _train_epoch(model, family, loader, optimizer, schedule, scaler, accumulatio
                             refresh=False)
         bar.update()
     bar.close()
-    return loss_sum.item() / images_seen if images_seen else float("nan")
+    shares = ranks.gather({"loss_sum": loss_sum.item(), "images": images_seen})
+    loss_total, images_total = sum(s["loss_sum"] for s in shares), sum(s["images"] for s in shares)
+    return loss_total / images_total if images_total else float("nan")
 
 
 _CHECK_EVERY = 20

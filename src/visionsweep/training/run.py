@@ -6,13 +6,22 @@ Run folder layout (docs/training.md; ``run_folder`` decides what may be replaced
     RUN_DIR/data_report.json     kept and skipped records of every data source, with reasons
     RUN_DIR/train.jsonl          the training records used (and validation.jsonl)
     RUN_DIR/metrics.jsonl        one line per epoch
-    RUN_DIR/train.log
-    RUN_DIR/checkpoints/         epoch_N.pt every checkpoint_frequency epochs (when set)
+    RUN_DIR/train.log            (train-R.log: the log of rank R of a distributed run)
+    RUN_DIR/checkpoints/         last.pt after every epoch (what resuming the run needs: the network's weights,
+                                 optimizer, schedule, early stopping, the family's state, the random generators;
+                                 ``visionsweep.training.resume``), epoch_N.pt every checkpoint_frequency epochs
     RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json, model.onnx
                                  (the best epoch exported, unless export_onnx is false), mlflow-model/
                                  (an MLflow pyfunc model, when save_mlflow and MLflow is installed)
 
 Epochs are numbered from 1 in everything written here, as the training loop numbers them.
+
+A distributed run (``visionsweep.distributed``) is the same function in every process: each reads and
+checks the inputs, trains on its share of the data and validates on its share; rank 0 alone writes the
+run folder, logs to the console and calls ``epoch_callback``.
+
+A resumed run (``train(resume=True)``) continues the run in its folder after the last epoch ``last.pt``
+holds, on the run's own records and settings; it appends to metrics.jsonl and train.log.
 """
 from __future__ import annotations
 
@@ -38,7 +47,16 @@ from visionsweep.data.jsonl import write_jsonl
 from visionsweep.data.loading import TrainingData
 from visionsweep.data.report import DataReport
 from visionsweep.devices import seed_everything
-from visionsweep.errors import VisionSweepError
+from visionsweep.distributed import (
+    DISTRIBUTED_SEED,
+    Ranks,
+    launched_world_size,
+    process_device,
+    ranks_from_environment,
+    start_process_group,
+    stop_process_group,
+)
+from visionsweep.errors import RunFolderError, SettingsError, VisionSweepError
 from visionsweep.evaluation.classification import scalar_metrics
 from visionsweep.exporting.mlflow_model import MLFLOW_MODEL_DIR, MlflowMissingError, write_mlflow_model
 from visionsweep.exporting.onnx_file import ONNX_FILE, export_onnx
@@ -47,9 +65,18 @@ from visionsweep.families.selection import family_for
 from visionsweep.models import build_model, get_model_spec
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task, parse_task
-from visionsweep.training.loop import EpochReport, LoopConfig, fit
+from visionsweep.training.loop import EpochReport, LoopConfig, LoopState, fit
 from visionsweep.training.optim import build_optimizer
 from visionsweep.training.preflight import prepare_run
+from visionsweep.training.resume import (
+    ResumePoint,
+    best_weights,
+    last_checkpoint_path,
+    restore_random_generators,
+    restore_training,
+    resume_point,
+    training_state,
+)
 from visionsweep.training.run_folder import check_run_folder, clear_run_folder
 from visionsweep.training.schedulers import Schedule
 from visionsweep.utils import json_ready, write_json
@@ -71,8 +98,8 @@ class TrainResult:
 
 
 def train(
-    task: Task | str,
-    data: str | Path,
+    task: Task | str | None = None,
+    data: str | Path | None = None,
     validation_data: str | Path | None = None,
     *,
     settings: Settings | Mapping[str, Any] | None = None,
@@ -81,6 +108,7 @@ def train(
     progress: bool = True,
     label_column: str = "label",
     overwrite: bool = False,
+    resume: bool = False,
 ) -> TrainResult:
     """Train one model and write its run folder.
 
@@ -93,33 +121,95 @@ def train(
     Settings, data, device, model and weights are all checked before anything is written, so a
     mistake in any of them leaves no run folder behind. An ``output`` folder that holds an earlier
     run is refused unless ``overwrite``, which replaces that run's files (``run_folder.RUN_FILES``).
+
+    ``resume`` continues the interrupted run in the folder ``output`` after the last epoch its
+    ``checkpoints/last.pt`` holds (``visionsweep.training.resume``), on the run's own records and
+    settings: ``data`` and ``validation_data`` are not given, ``task`` need not be, and ``settings`` may
+    change only training_batch_size, grad_accumulation_step, num_workers and number_of_epochs (which may
+    only grow). A folder without ``last.pt``, or whose run has finished, is refused.
     """
-    task = parse_task(task)
-    if not isinstance(settings, Settings):
-        settings = resolve_settings(task, settings)
-    run_dir = Path(output) if output is not None else _default_run_dir(settings)
-    check_run_folder(run_dir, overwrite=overwrite)
+    point: ResumePoint | None = None
+    if resume:
+        _check_resume_arguments(data, validation_data, output, overwrite)
+        point = resume_point(output, settings, task)
+        task, settings, run_dir = point.task, point.settings, point.run_dir
+        data, validation_data, label_column = point.train_file, point.validation_file, "label"
+    elif task is None or data is None:
+        raise TypeError("train() needs task and data, unless resume=True continues the run in output")
+    else:
+        task = parse_task(task)
+        if not isinstance(settings, Settings):
+            settings = resolve_settings(task, settings)
+    settings = _distributed_settings(settings, launched_world_size())
+    if point is None:
+        run_dir = Path(output) if output is not None else _default_run_dir(settings)
+        check_run_folder(run_dir, overwrite=overwrite)
     with _RunLog() as run_log:
         # Every setting and the data are checked before the run folder exists: a user's mistake leaves
         # no half-made run behind, and validate-data runs the very same checks.
         prepared = prepare_run(task, data, validation_data, settings=settings, label_column=label_column)
-        settings, device, data_ = prepared.settings, prepared.device, prepared.data
+        settings, data_ = prepared.settings, prepared.data
+        ranks = ranks_from_environment(prepared.device.type)
+        device = process_device(prepared.device, ranks)
+        run_log.quiet = not ranks.is_main
         seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
         runtime = UnreadableImages({"training": data_.train, "validation": data_.validation},
                                    DataReport(source="images that failed to decode during the run"),
                                    ignore_data_errors=settings.ignore_data_errors, kept=False)
-        training = _prepare(settings, data_, device, runtime, progress)
-        clear_run_folder(run_dir)
-        run_log.start_file(run_dir / "train.log")
-        write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
-        write_jsonl(data_.train, run_dir / "train.jsonl", task)
-        write_jsonl(data_.validation, run_dir / "validation.jsonl", task)
+        start_process_group(ranks)
         try:
-            return _fit(training, task, settings, data_, run_dir, device, epoch_callback)
+            training = _prepare(settings, data_, device, runtime, progress and ranks.is_main, ranks)
+            if ranks.is_main and point is None:
+                clear_run_folder(run_dir)
+            ranks.barrier()  # the other ranks write their logs into the folder rank 0 has just made
+            run_log.start_file(run_dir / _log_name(ranks), append=point is not None)
+            # Every rank restores the state rank 0 saved (one machine shares the run folder).
+            resumed = _resume(training, point, data_.classes) if point is not None else None
+            if not ranks.is_main:
+                return _fit(training, task, settings, data_, run_dir, device, None, ranks, resumed)
+            earlier_report = _read_data_report(run_dir) if point is not None else None
+            write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
+            if point is None:
+                write_jsonl(data_.train, run_dir / "train.jsonl", task)
+                write_jsonl(data_.validation, run_dir / "validation.jsonl", task)
+            # Written now and again at the end: a run killed on the way keeps the report of its data sources.
+            _write_data_report(run_dir, data_, runtime, earlier_report)
+            try:
+                return _fit(training, task, settings, data_, run_dir, device, epoch_callback, ranks, resumed)
+            finally:
+                _write_data_report(run_dir, data_, runtime, earlier_report)
         finally:
-            _write_data_report(run_dir, data_, runtime)
+            stop_process_group()
+
+
+def _check_resume_arguments(data: Any, validation_data: Any, output: Any, overwrite: bool) -> None:
+    """What ``train(resume=True)`` is not given: a resumed run has its folder, records and files already."""
+    if output is None:
+        raise RunFolderError("resume continues the run in a folder: give that folder as output")
+    if data is not None or validation_data is not None:
+        raise RunFolderError(f"a resumed run trains on its own records ({Path(output) / 'train.jsonl'} and "
+                             "validation.jsonl); leave data and validation_data out")
+    if overwrite:
+        raise RunFolderError("overwrite replaces the run in the output folder and resume continues it; give one")
+
+
+def _distributed_settings(settings: Settings, world_size: int) -> Settings:
+    """``settings`` for a run of ``world_size`` processes: the same seed in all (47 unless set, as the
+    reference), and ``distributed`` false refused, as it asks for one process."""
+    if world_size <= 1:
+        return settings
+    if not settings.distributed:
+        raise SettingsError([f"distributed: false, but this run was started as {world_size} processes; set "
+                             "distributed true, or start one process"])
+    if settings.seed is None:
+        settings = settings.model_copy(update={"seed": DISTRIBUTED_SEED})
+    return settings
+
+
+def _log_name(ranks: Ranks) -> str:
+    return "train.log" if ranks.is_main else f"train-{ranks.rank}.log"
 
 
 @dataclass
@@ -135,7 +225,7 @@ class _Training:
 
 
 def _prepare(settings: Settings, data: TrainingData, device: torch.device, runtime: UnreadableImages,
-             progress: bool) -> _Training:
+             progress: bool, ranks: Ranks) -> _Training:
     spec = get_model_spec(settings.model_name)
     model = build_model(spec, len(data.classes), settings.model_dump(), pretrained=settings.pretrained,
                         pretrained_weights=settings.pretrained_weights, layers_to_freeze=settings.layers_to_freeze)
@@ -144,9 +234,18 @@ def _prepare(settings: Settings, data: TrainingData, device: torch.device, runti
         loaded = load_for_incremental_training(model, settings.model_name, checkpoint)
         log.info("incremental training: %d tensors loaded from %s", len(loaded), checkpoint)
     model.to(device)
-    family = family_for(settings, data.classes, device, runtime)
+    family = family_for(settings, data.classes, device, runtime, ranks)
     loaders = family.training_loaders(data.train, data.validation)
-    optimizer = build_optimizer(model, settings.optimizer, learning_rate=settings.learning_rate,
+    # Batches are per process, so N processes take N times the batch in each step: the learning rate grows
+    # with it (the linear scaling rule, as the reference).
+    learning_rate = settings.learning_rate * ranks.world_size
+    if ranks.is_distributed:
+        log.info("distributed over %d processes (%s): batch %d per process, %d per step with "
+                 "grad_accumulation_step %d; learning rate %g x %d = %g", ranks.world_size, ranks.backend,
+                 settings.training_batch_size, settings.training_batch_size * ranks.world_size
+                 * settings.grad_accumulation_step, settings.grad_accumulation_step, settings.learning_rate,
+                 ranks.world_size, learning_rate)
+    optimizer = build_optimizer(model, settings.optimizer, learning_rate=learning_rate,
                                 weight_decay=settings.weight_decay, momentum=settings.momentum,
                                 nesterov=settings.nesterov, beta1=settings.beta1, beta2=settings.beta2,
                                 amsgrad=settings.amsgrad)
@@ -165,15 +264,56 @@ def _prepare(settings: Settings, data: TrainingData, device: torch.device, runti
     return _Training(model, family, loaders, optimizer, schedule, config)
 
 
+@dataclass
+class _Resumed:
+    """Where a resumed run starts: the loop's state, and whether model/model.pt is behind the best epoch."""
+
+    point: ResumePoint
+    loop: LoopState
+    best_model_behind: bool
+
+
+def _resume(training: _Training, point: ResumePoint, classes: list[str]) -> _Resumed:
+    """Put the network, optimizer, schedule and family back as ``last.pt`` has them; the loop's state."""
+    restore_training(point, model=training.model, optimizer=training.optimizer, schedule=training.schedule,
+                     family=training.family, classes=classes)
+    best_state, behind = best_weights(point, lambda: training.family.weights_to_keep(training.model))
+    state = point.state
+    loop = LoopState(next_epoch=point.epoch + 1, early_stopping=state["early_stopping"],
+                     grad_scaler=state["grad_scaler"], best_metrics=state["best_metrics"], best_state=best_state)
+    stopping = state["early_stopping"]
+    best = "no best epoch yet" if stopping["best_epoch"] is None else \
+        f"best {_format(stopping['best_score'])} at epoch {stopping['best_epoch']}"
+    log.info("resuming %s after epoch %d of %d (%s)", point.run_dir, point.epoch, point.settings.number_of_epochs,
+             best)
+    for key, (before, after) in point.changes.items():
+        log.info("resumed with %s %s (the run had %s)", key, after, before)
+    return _Resumed(point, loop, behind)
+
+
 def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData, run_dir: Path,
-         device: torch.device, epoch_callback: EpochCallback | None) -> TrainResult:
-    recorder = _EpochRecorder(run_dir, task, settings, data.classes, training.optimizer, training.schedule,
-                              epoch_callback)
+         device: torch.device, epoch_callback: EpochCallback | None, ranks: Ranks,
+         resumed: _Resumed | None = None) -> TrainResult:
+    """Train (from where ``resumed`` says, if given); rank 0 also writes the model folder."""
+    recorder = _EpochRecorder(run_dir, task, settings, data.classes, training, epoch_callback,
+                              resumed_after=resumed.point.epoch if resumed else None) if ranks.is_main else None
+    if resumed is not None and resumed.best_model_behind and recorder is not None:
+        # Killed between writing last.pt and model.pt at a best epoch: write model.pt of that epoch now.
+        stopping = resumed.loop.early_stopping
+        recorder.save_best(training.family.weights_to_keep(training.model), stopping["best_epoch"],
+                           stopping["best_score"], scalar_metrics(resumed.loop.best_metrics))
     log.info("training %s on %s: %d training and %d validation images, %d classes", settings.model_name, device,
              len(data.train), len(data.validation), len(data.classes))
+    if resumed is not None:  # last: building the model and loaders drew from the generators
+        restore_random_generators(resumed.point, training.loaders.train)
     result = fit(training.model, training.family, training.loaders.train, training.loaders.validation,
-                 training.optimizer, training.schedule, training.config, device=device, on_epoch_end=recorder)
+                 training.optimizer, training.schedule, training.config, device=device, on_epoch_end=recorder,
+                 start=resumed.loop if resumed else None)
     model_dir = run_dir / "model"
+    if recorder is None:
+        return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
+                           primary_metric=settings.primary_metric, best_score=result.best_score,
+                           best_epoch=result.best_epoch, epochs_run=result.epochs_run, settings=settings)
     if result.best_epoch is None:  # every evaluation was NaN: keep the final weights, say so
         log.warning("no epoch produced a usable %s; the model folder holds the final weights", settings.primary_metric)
         recorder.save_best(training.model, result.epochs_run, None, {})
@@ -219,14 +359,19 @@ def _save_mlflow_model(model_dir: Path) -> None:
 
 
 class _EpochRecorder:
-    """After each epoch: a metrics.jsonl line, the best checkpoint, periodic checkpoints, the user callback."""
+    """After each epoch: a metrics.jsonl line, last.pt, the best checkpoint, periodic checkpoints, the user
+    callback, in this order. A run killed between two of them redoes the epoch after the one last.pt
+    holds: its metrics line is dropped on resume, and a model.pt behind last.pt is written again."""
 
-    def __init__(self, run_dir: Path, task: Task, settings: Settings, classes: list[str],
-                 optimizer: torch.optim.Optimizer, schedule: Schedule, callback: EpochCallback | None):
+    def __init__(self, run_dir: Path, task: Task, settings: Settings, classes: list[str], training: _Training,
+                 callback: EpochCallback | None, *, resumed_after: int | None = None):
         self.run_dir, self.task, self.settings, self.classes = run_dir, task, settings, classes
-        self.optimizer, self.schedule, self.callback = optimizer, schedule, callback
+        self.training, self.callback = training, callback
         self.metrics_file = run_dir / "metrics.jsonl"
-        self.metrics_file.write_text("")
+        if resumed_after is None:
+            self.metrics_file.write_text("")
+        else:
+            _keep_metrics_up_to(self.metrics_file, resumed_after)
 
     def __call__(self, report: EpochReport, model: nn.Module) -> bool:
         line = {
@@ -242,6 +387,7 @@ class _EpochRecorder:
         }
         with self.metrics_file.open("a") as out:
             out.write(json.dumps(json_ready(line)) + "\n")
+        self._save_last(report)
         if report.is_best:
             self.save_best(model, report.epoch, report.primary_value, scalar_metrics(report.metrics))
         frequency = self.settings.checkpoint_frequency
@@ -258,23 +404,62 @@ class _EpochRecorder:
     def save_best(self, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any]) -> None:
         self._save(self.run_dir / "model" / BEST_MODEL_FILE, model, epoch, score, metrics, with_optimizer=False)
 
+    def _save_last(self, report: EpochReport) -> None:
+        """``checkpoints/last.pt``: the network's own weights (what the loop trains on, not the weights a
+        family keeps), with everything else that resuming after this epoch needs."""
+        state = training_state(report.loop_state, self.training.family, self.training.loaders.train)
+        self._save(last_checkpoint_path(self.run_dir), self.training.model, report.epoch, report.primary_value,
+                   scalar_metrics(report.metrics), with_optimizer=True, training_state=state)
+
     def _save(self, path: Path, model: nn.Module, epoch: int, score: float | None, metrics: dict[str, Any], *,
-              with_optimizer: bool) -> None:
+              with_optimizer: bool, training_state: dict[str, Any] | None = None) -> None:
         save_checkpoint(path, model=model, task=self.task.value, model_name=self.settings.model_name,
                         labels=self.classes, settings=self.settings.to_dict(), epoch=epoch, score=score,
-                        metrics=json_ready(metrics), optimizer=self.optimizer if with_optimizer else None,
-                        schedule=self.schedule if with_optimizer else None)
+                        metrics=json_ready(metrics), optimizer=self.training.optimizer if with_optimizer else None,
+                        schedule=self.training.schedule if with_optimizer else None, training_state=training_state)
 
 
-def _write_data_report(run_dir: Path, data: TrainingData, runtime: UnreadableImages) -> None:
-    write_json(run_dir / "data_report.json", {
+def _keep_metrics_up_to(metrics_file: Path, epoch: int) -> None:
+    """Keep the metrics lines of epochs up to ``epoch``; a later line (or a half-written one) is of an epoch
+    that a resumed run trains again."""
+    kept = []
+    for line in metrics_file.read_text(encoding="utf-8").splitlines() if metrics_file.is_file() else []:
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    metrics_file.write_text("".join(kept), encoding="utf-8")
+
+
+def _write_data_report(run_dir: Path, data: TrainingData, runtime: UnreadableImages,
+                       earlier: dict[str, Any] | None = None) -> None:
+    """``data_report.json``. A resumed run (``earlier``, the report of the run it continues) reads the records
+    the run wrote out, so the sources and the split stay those of the first start; the images that failed
+    to decode are those of both."""
+    failed = [str(p) for p in runtime.report.skipped]
+    report = {
         "sources": [r.to_dict() for r in data.reports],
         "validation_split_from_training": data.split_from_training,
         "training_images": len(data.train),
         "validation_images": len(data.validation),
         "classes": data.classes,
-        "failed_during_run": [str(p) for p in runtime.report.skipped],
-    })
+        "failed_during_run": failed,
+    }
+    if earlier is not None:
+        report["sources"] = earlier.get("sources", report["sources"])
+        report["validation_split_from_training"] = earlier.get("validation_split_from_training")
+        report["failed_during_run"] = list(dict.fromkeys([*earlier.get("failed_during_run", []), *failed]))
+    write_json(run_dir / "data_report.json", report)
+
+
+def _read_data_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's earlier data report, or None when there is none that reads as one."""
+    try:
+        report = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _default_run_dir(settings: Settings) -> Path:
@@ -300,6 +485,9 @@ class _RunLog:
     def __init__(self) -> None:
         self._held = _HeldRecords()
         self._file: logging.FileHandler | None = None
+        self._propagate = log.propagate
+        # Every rank but 0 logs to its own file only (the console shows one process's lines).
+        self.quiet = False
 
     def __enter__(self) -> "_RunLog":
         log.addHandler(self._held)
@@ -307,8 +495,18 @@ class _RunLog:
             log.setLevel(logging.INFO)
         return self
 
-    def start_file(self, path: Path) -> None:
-        self._file = logging.FileHandler(path, mode="w", encoding="utf-8")
+    @property
+    def quiet(self) -> bool:
+        return not log.propagate
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        log.propagate = self._propagate and not value
+
+    def start_file(self, path: Path, *, append: bool = False) -> None:
+        """Write the log to ``path`` from now on (after what was held); ``append`` keeps what it holds (a
+        resumed run's log goes on after the interrupted run's)."""
+        self._file = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
         self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for record in self._held.records:
             self._file.handle(record)
@@ -317,6 +515,7 @@ class _RunLog:
 
     def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
         log.removeHandler(self._held)
+        log.propagate = self._propagate
         if self._file is None:
             return
         if error is not None:

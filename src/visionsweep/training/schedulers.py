@@ -38,6 +38,7 @@ class Schedule:
         self.optimizer = optimizer
         self.kind = kind
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.steps_per_epoch = steps_per_epoch
         self.warmup_steps = steps_per_epoch * warmup_epochs
         self.total_steps = steps_per_epoch * epochs
         self.cycles, self.step_size, self.gamma = cycles, step_size, gamma
@@ -59,10 +60,18 @@ class Schedule:
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.epoch}
+        """The position in the schedule: optimizer steps and epochs done (all a resumed run needs: the
+        curve itself is rebuilt from the settings)."""
+        return {"step": self.step, "epoch": self.epoch, "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.epoch = state["step"], state["epoch"]
+        """Continue at ``state`` 's position. A resumed run may take another number of optimizer steps per
+        epoch (another batch size or accumulation): the step count is then rescaled, so that the run goes on
+        from the same point of the curve."""
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        saved_steps_per_epoch = int(state.get("steps_per_epoch", self.steps_per_epoch))
+        if saved_steps_per_epoch != self.steps_per_epoch and saved_steps_per_epoch > 0:
+            self.step = round(self.step * self.steps_per_epoch / saved_steps_per_epoch)
         self._apply()
 
     @property

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from visionsweep.data.records import ImageRecord
+from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.families.base import FailureSink, ModelFamily, RunLoaders
@@ -70,12 +71,14 @@ class ClassificationFamily(ModelFamily[ImageScores]):
     """Classifiers of every backbone: images framed by ``training_transform`` / ``validation_transform``,
     one logit per class. The loss is weighted by ``class_weights`` of the training records."""
 
-    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink):
+    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink,
+                 ranks: Ranks = SINGLE_PROCESS):
         self.settings = settings
         self.classes = list(classes)
         self.multilabel = settings.task.is_multilabel
         self.device = device
         self.on_failures = on_failures
+        self.ranks = ranks
         self.track_training_metrics = settings.log_training_metrics == "Enable"
         self.criterion = self._criterion(None)
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -90,14 +93,14 @@ class ClassificationFamily(ModelFamily[ImageScores]):
         self.criterion = self._criterion(class_weights(
             class_frequencies(train, self.classes), len(train), multilabel=self.multilabel,
             weighted_loss=s.weighted_loss, imbalance_rate_threshold=s.imbalance_rate_threshold))
-        return RunLoaders(self._loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed),
-                          self.prediction_loader(validation, seed=s.seed))
+        validation_set = self._evaluation_dataset(validation)
+        return RunLoaders(self._loader(train_set, s.training_batch_size, shuffle=True, seed=s.seed, ranks=self.ranks),
+                          self._loader(validation_set, s.validation_batch_size, shuffle=False, seed=s.seed,
+                                       ranks=self.ranks))
 
-    def prediction_loader(self, records: Sequence[ImageRecord], *, seed: int | None = None) -> DataLoader:
-        s = self.settings
-        dataset = ClassificationDataset(records, self.classes,
-                                        validation_transform(s.valid_resize_size, s.valid_crop_size), self.multilabel)
-        return self._loader(dataset, s.validation_batch_size, shuffle=False, seed=seed)
+    def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
+        return self._loader(self._evaluation_dataset(records), self.settings.validation_batch_size, shuffle=False,
+                            seed=None)
 
     # --- training and validation -------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class ClassificationFamily(ModelFamily[ImageScores]):
         return self.criterion(logits, targets), len(batch.indices)
 
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, Any]:
-        scores = list(self.predict(model, loader, stage="validation"))
+        scores = self._gathered(list(self.predict(model, loader, stage="validation")))
         if not scores:
             raise DataError("no validation image could be read, so no metric can be computed")
         return self.metrics(scores)
@@ -157,6 +160,24 @@ class ClassificationFamily(ModelFamily[ImageScores]):
 
     # --- helpers -----------------------------------------------------------------------------------------
 
+    def _gathered(self, scores: list[ImageScores]) -> list[ImageScores]:
+        """Every rank's validation scores, in rank order (which is dataset order: ``ContiguousShard``)."""
+        if not self.ranks.is_distributed:
+            return scores
+        classes = len(self.classes)
+        share = {"index": np.array([s.index for s in scores], np.int64),
+                 "probabilities": np.stack([s.probabilities for s in scores]) if scores
+                 else np.zeros((0, classes), np.float32),
+                 "target": np.stack([s.target for s in scores]) if scores
+                 else np.zeros((0, classes) if self.multilabel else (0,), np.float32 if self.multilabel else np.int64)}
+        return [ImageScores(int(index), probabilities, target) for part in self.ranks.gather(share)
+                for index, probabilities, target in zip(part["index"], part["probabilities"], part["target"])]
+
+    def _evaluation_dataset(self, records: Sequence[ImageRecord]) -> ClassificationDataset:
+        s = self.settings
+        return ClassificationDataset(records, self.classes, validation_transform(s.valid_resize_size, s.valid_crop_size),
+                                     self.multilabel)
+
     def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
         weights = weights.to(self.device) if weights is not None else None
         return nn.BCEWithLogitsLoss(pos_weight=weights) if self.multilabel else nn.CrossEntropyLoss(weight=weights)
@@ -164,7 +185,7 @@ class ClassificationFamily(ModelFamily[ImageScores]):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
-    def _loader(self, dataset: ClassificationDataset, batch_size: int, *, shuffle: bool, seed: int | None
-                ) -> DataLoader:
+    def _loader(self, dataset: ClassificationDataset, batch_size: int, *, shuffle: bool, seed: int | None,
+                ranks: Ranks = SINGLE_PROCESS) -> DataLoader:
         return make_loader(dataset, batch_size, shuffle=shuffle, num_workers=self.settings.num_workers,
-                           collate_fn=collate_classification, device=self.device, seed=seed)
+                           collate_fn=collate_classification, device=self.device, seed=seed, ranks=ranks)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from visionsweep.data.images import DECODE_ERRORS, describe_decode_error, load_record_rgb
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
+from visionsweep.devices import generator_from_state, generator_state
 from visionsweep.families.detection import Element, Target, whole_images
 from visionsweep.families.rcnn.transforms import prepare_image, random_augment
 from visionsweep.geometry.masks import polygons_to_masks
@@ -133,6 +134,17 @@ class DetectionDataset(Dataset):
             self._rng = np.random.default_rng(worker.seed if worker is not None else torch.initial_seed())
             self._rng_pid = os.getpid()
         return self._rng
+
+    def generator_state(self) -> dict[str, Any] | None:
+        """This process's augmentation generator as plain data (None before its first draw here): it runs on
+        across epochs, so a resumed run restores it (``restore_generator_state``)."""
+        if self._rng is None or self._rng_pid != os.getpid():
+            return None
+        return {"state": generator_state(self._rng)}
+
+    def restore_generator_state(self, state: dict[str, Any] | None) -> None:
+        self._rng = None if state is None else generator_from_state(state["state"])
+        self._rng_pid = None if state is None else os.getpid()
 
 
 class SegmentationDataset(DetectionDataset):

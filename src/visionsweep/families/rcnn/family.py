@@ -8,12 +8,13 @@ keep the model's soft masks (K, 1, H, W), and the evaluation matches on masks (c
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from visionsweep.data.records import ImageRecord
+from visionsweep.distributed import SINGLE_PROCESS, Ranks, unwrap
 from visionsweep.errors import TrainingError
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.families.base import FailureSink
@@ -48,20 +49,25 @@ class RcnnFamily(ElementDetectionFamily):
 
     dataset_type: type[DetectionDataset] = DetectionDataset
 
-    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink):
+    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink,
+                 ranks: Ranks = SINGLE_PROCESS):
         self.settings = settings
         self.classes = list(classes)
         self.device = device
         self.on_failures = on_failures
+        self.ranks = ranks
         self.label_offset = label_offset(settings.model_name)
         self.track_training_metrics = (settings.log_training_metrics == "Enable"
                                        and settings.validation_metric_type != "none")
         self._train_evaluation: DetectionEvaluation | None = None
+        self._training_set: DetectionDataset | None = None
 
     # --- data --------------------------------------------------------------------------------------------
 
     def training_dataset(self, records: Sequence[ImageRecord], elements: Sequence[Element]) -> DetectionDataset:
-        return self._dataset(records, augment=self.settings.apply_automl_train_augmentations, elements=elements)
+        self._training_set = self._dataset(records, augment=self.settings.apply_automl_train_augmentations,
+                                           elements=elements)
+        return self._training_set
 
     def evaluation_dataset(self, records: Sequence[ImageRecord]) -> DetectionDataset:
         return self._dataset(records, augment=False)
@@ -74,6 +80,14 @@ class RcnnFamily(ElementDetectionFamily):
 
     def subset(self, batch: DetectionBatch, positions: Sequence[int]) -> DetectionBatch:
         return batch.subset(positions)
+
+    def training_state(self) -> dict[str, Any]:
+        """The augmentation generator of the training set in this process (loader workers keep their own)."""
+        return {"augmentation_rng": self._training_set.generator_state() if self._training_set is not None else None}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if self._training_set is not None:
+            self._training_set.restore_generator_state(state["augmentation_rng"])
 
     def _dataset(self, records: Sequence[ImageRecord], *, augment: bool,
                  elements: Sequence[Element] | None = None) -> DetectionDataset:
@@ -90,7 +104,7 @@ class RcnnFamily(ElementDetectionFamily):
         images, targets = self._to_device(batch)
         losses = _forward(model, images, targets)
         if self.track_training_metrics:
-            self._track_training_batch(model, images, batch)
+            self._track_training_batch(unwrap(model), images, batch)
         return sum(losses.values()), len(images)
 
     def training_metrics(self) -> dict[str, float]:

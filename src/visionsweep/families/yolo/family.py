@@ -25,13 +25,15 @@ so the two can be compared.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from visionsweep.data.records import ImageRecord
+from visionsweep.devices import generator_from_state, generator_state
+from visionsweep.distributed import SINGLE_PROCESS, Ranks, unwrap
 from visionsweep.evaluation.detection import DetectionEvaluation
 from visionsweep.families.base import FailureSink
 from visionsweep.families.detection import (
@@ -54,16 +56,23 @@ from visionsweep.settings import Settings
 
 
 class YoloFamily(ElementDetectionFamily):
-    """YOLOv5 of every ``model_size``."""
+    """YOLOv5 of every ``model_size``. Its loss is a sum over the batch (the per-part means times the batch
+    size, as YOLOv5 defines it)."""
 
-    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink):
+    loss_reduction = "sum"
+
+    def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink,
+                 ranks: Ranks = SINGLE_PROCESS):
         self.settings = settings
         self.classes = list(classes)
         self.device = device
         self.on_failures = on_failures
+        self.ranks = ranks
         self.track_training_metrics = (settings.log_training_metrics == "Enable"
                                        and settings.validation_metric_type != "none")
         self.ema: ModelEMA | None = None
+        self._resumed_ema: dict[str, Any] | None = None  # a resumed run's average, until the network is known
+        self._training_set: YoloElementDataset | None = None
         self._loss: YoloLoss | None = None
         self._rng = np.random.default_rng(settings.seed)
         self._parts: dict[str, Tensor] = {}
@@ -77,7 +86,8 @@ class YoloFamily(ElementDetectionFamily):
         affine = AffineParams(degrees=s.degrees, translate=s.translate, scale=s.scale, shear=s.shear)
         transform = YoloTrainTransform(s.img_size, mosaic=s.apply_mosaic_for_yolo,
                                        augment=s.apply_automl_train_augmentations, affine=affine)
-        return YoloElementDataset(records, self.classes, s.img_size, transform, elements)
+        self._training_set = YoloElementDataset(records, self.classes, s.img_size, transform, elements)
+        return self._training_set
 
     def evaluation_dataset(self, records: Sequence[ImageRecord]) -> YoloElementDataset:
         return YoloElementDataset(records, self.classes, self.settings.img_size)
@@ -98,26 +108,51 @@ class YoloFamily(ElementDetectionFamily):
             self.on_failures(batch.failures, "training")
         if not len(batch.images):
             return None
-        if self.ema is None:  # the first step: the average starts from the weights training starts from
-            self.ema = ModelEMA(model)
+        network = unwrap(model)  # the forward pass goes through the DDP wrapper, everything else to the network
+        self._average(network)
         images = self._to_input(batch.images)
         if self.settings.multi_scale:
             images = resize_batch(images, multi_scale_size(self.settings.img_size, self._rng))
-        loss, parts = self._loss_of(model)(model(images), batch.targets.to(self.device, non_blocking=True))
+        loss, parts = self._loss_of(network)(model(images), batch.targets.to(self.device, non_blocking=True))
         count = len(images)
         for name, value in parts.items():
             self._parts[name] = self._parts.get(name, 0.0) + value * count
         self._part_images += count
         if self.track_training_metrics:
-            self._track_training_batch(model, images, batch.targets)
+            self._track_training_batch(network, images, batch.targets)
         return loss, count
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         if self.ema is not None:
-            self.ema.update(model)
+            self.ema.update(unwrap(model))
 
     def weights_to_keep(self, model: nn.Module) -> nn.Module:
-        return self.ema.module if self.ema is not None else model
+        if self.ema is None and self._resumed_ema is not None:
+            self._average(unwrap(model))
+        return self.ema.module if self.ema is not None else unwrap(model)
+
+    def training_state(self) -> dict[str, Any]:
+        """The moving average, the multi_scale generator and the augmentation generator of the training set
+        (in this process; loader workers keep their own)."""
+        average = self.ema.state_dict() if self.ema is not None else self._resumed_ema
+        augmentation = self._training_set.generator_state() if self._training_set is not None else None
+        return {"ema": average, "multi_scale_rng": generator_state(self._rng), "augmentation_rng": augmentation}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.ema, self._resumed_ema = None, state["ema"]
+        self._rng = generator_from_state(state["multi_scale_rng"])
+        if self._training_set is not None:
+            self._training_set.restore_generator_state(state["augmentation_rng"])
+
+    def _average(self, network: nn.Module) -> ModelEMA:
+        """The moving average, started on first use: from the weights training starts from, or from the
+        average an interrupted run saved."""
+        if self.ema is None:
+            self.ema = ModelEMA(network)
+            if self._resumed_ema is not None:
+                self.ema.load_state_dict(self._resumed_ema)
+                self._resumed_ema = None
+        return self.ema
 
     def training_metrics(self) -> dict[str, float]:
         metrics = {}

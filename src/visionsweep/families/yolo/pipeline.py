@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from visionsweep.data.images import load_record_rgb
 from visionsweep.data.records import ImageRecord
+from visionsweep.devices import generator_from_state, generator_state
 
 PAD_VALUE = 114  # grey of letterbox padding, the mosaic canvas and affine borders
 STRIDE = 32      # the largest stride of the network: every input side is a multiple of it
@@ -280,6 +281,20 @@ class YoloDataset(Dataset):
         if self._rng is None or seed != self._rng_seed:
             self._rng, self._rng_seed = np.random.default_rng(seed), seed
         return self._rng
+
+    def generator_state(self) -> dict[str, Any] | None:
+        """This process's augmentation generator as plain data (None before its first draw): it runs on
+        across epochs, so a resumed run restores it (``restore_generator_state``) to draw what the
+        interrupted run would have drawn."""
+        if self._rng is None:
+            return None
+        return {"seed": self._rng_seed, "state": generator_state(self._rng)}
+
+    def restore_generator_state(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            self._rng, self._rng_seed = None, None
+        else:
+            self._rng, self._rng_seed = generator_from_state(state["state"]), state["seed"]
 
 
 def to_yolo_labels(sample: YoloSample) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +35,14 @@ class ModelEMA:
     def current_decay(self) -> float:
         """The decay the next ``update`` will use."""
         return self.decay * (1.0 - math.exp(-(self.updates + 1) / self.ramp))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged weights and the update count: what continues the average in a resumed run."""
+        return {"module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()}, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
