@@ -27,6 +27,7 @@ LOG = "vs_log"
 ERROR = "vs_error"              # one-paragraph message (for failed and interrupted trials)
 ERROR_KIND = "vs_error_kind"    # exception | out_of_memory | invalid_settings | data_error | crashed | interrupted
 CANCEL_REASON = "vs_cancel_reason"
+RETRIES = "vs_retries"          # why the trial was run again with other settings (out of memory), one line each
 
 # --- study user attributes ------------------------------------------------------------------------
 FINGERPRINT = "vs_fingerprint"  # hash of the job's sweep-relevant content

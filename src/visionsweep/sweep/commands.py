@@ -19,6 +19,9 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--trainer", default=DEFAULT_TRAINER,
                      help="the function that trains one trial, as module:function (default: %(default)s)")
     run.add_argument("--devices", help="comma-separated CUDA device ids, or 'cpu' (default: all visible GPUs)")
+    run.add_argument("--processes-per-trial", type=int, metavar="N",
+                     help="processes that train each trial together (DDP), one GPU each (default: the GPUs shared "
+                          "out among max_concurrent_trials; 1 on the CPU); docs/distributed.md")
     run.set_defaults(handler=_run)
 
     status = commands.add_parser("status", help="progress of a running or finished sweep")
@@ -41,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / job.study_name()
     try:
         result = run_sweep(job, run_dir, storage=args.storage, study_name=args.study_name, trainer=args.trainer,
-                           devices=devices)
+                           devices=devices, processes_per_trial=args.processes_per_trial)
     except KeyboardInterrupt:
         return 130
     return 0 if result.best is not None else 1

@@ -157,6 +157,8 @@ def parse_job(raw: Any, *, base_dir: str | Path = ".", source: Path | None = Non
     base_dir = Path(base_dir)
 
     for key in raw:
+        if key == "properties":
+            problems.extend(_node_count_problems(raw[key]))
         if key in _AZURE_ONLY_KEYS:
             notes.append(_ignored_note(key, raw[key]))
         elif key not in _USED_KEYS | _METADATA_KEYS:
@@ -379,8 +381,23 @@ def _data_input(raw: Any, key: str, base_dir: Path, check: bool, problems: list[
     return DataInput(path, kind)
 
 
+def _node_count_problems(properties: Any) -> list[str]:
+    """``properties.node_count_per_trial`` above 1 asks for trials that span machines, which a sweep does not
+    run: each trial trains on the machine of the worker that runs it (with all the GPUs it is given)."""
+    if not isinstance(properties, Mapping) or "node_count_per_trial" not in properties:
+        return []
+    value = properties["node_count_per_trial"]
+    try:
+        count = int(str(value))
+    except ValueError:
+        return [f"properties.node_count_per_trial: got {value!r}; use a whole number of machines"]
+    if count == 1:
+        return []
+    return [f"properties.node_count_per_trial: got {value!r}; a sweep's trial trains on one machine (on all the GPUs "
+            "it is given, --processes-per-trial). Remove the property (or set it to 1), and to use several "
+            "machines start a sweep worker on each with the same --storage; to train one model on several "
+            "machines, use 'visionsweep train --nnodes' (docs/distributed.md)"]
+
+
 def _ignored_note(key: str, value: Any) -> str:
-    if key == "properties" and isinstance(value, Mapping) and "node_count_per_trial" in value:
-        return ("properties is ignored: it configures Azure; node_count_per_trial (multi-node trials) is not "
-                "supported by the local sweep runner")
     return f"{key} is ignored: it only configures Azure"

@@ -58,6 +58,7 @@ from visionsweep.sweep import attrs
 from visionsweep.sweep.automode import Hardware
 from visionsweep.sweep.job import Job
 from visionsweep.sweep.launch import TRIAL_ENTRY, python_command
+from visionsweep.sweep.trial_process import RESUME_STATE
 from visionsweep.sweep.leaderboard import (
     LEADERBOARD_FILE, LeaderboardRow, best_row, copy_best_model, format_leaderboard, leaderboard_rows,
     write_best_mlflow_model, write_leaderboard,
@@ -104,12 +105,14 @@ class SweepResult:
 
 def run_sweep(job: Job, run_dir: str | Path, *, storage: str | None = None, study_name: str | None = None,
               trainer: str | Callable[..., Any] = DEFAULT_TRAINER, devices: Sequence[str] | None = None,
+              processes_per_trial: int | None = None,
               hardware: Hardware | None = None, progress: Callable[[str], None] | None = None,
               poll_interval_s: float = 0.2, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S,
               stop_grace_s: float = 120.0) -> SweepResult:
     """Run (or resume, or join) the sweep of ``job`` with its study in ``run_dir`` or ``storage``.
 
-    ``devices``: CUDA device ids, one trial per device; None detects them, ``[]`` runs on CPU.
+    ``devices``: CUDA device ids; None detects them, ``[]`` runs on CPU. ``processes_per_trial``: the
+    processes that train each trial together (DDP, one GPU each; see ``trial_width``).
     ``hardware`` feeds the AutoMode plan (detected when None). ``progress`` receives one line per
     event (default: print). ``heartbeat_s`` is how often this worker renews its heartbeat and its
     trials'; ``stale_after_s`` is how old the heartbeat of a worker on another host may be before
@@ -118,7 +121,8 @@ def run_sweep(job: Job, run_dir: str | Path, *, storage: str | None = None, stud
     so that the same command resumes them.
     """
     worker = _Worker(job, Path(run_dir), storage=storage, study_name=study_name, trainer=trainer_path(trainer),
-                     devices=devices, hardware=hardware, progress=progress or _print,
+                     devices=devices, processes_per_trial=processes_per_trial, hardware=hardware,
+                     progress=progress or _print,
                      poll_interval_s=poll_interval_s, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s,
                      stop_grace_s=stop_grace_s)
     return worker.run()
@@ -154,6 +158,7 @@ class _Worker:
     study_name: str | None
     trainer: str
     devices: Sequence[str] | None
+    processes_per_trial: int | None
     hardware: Hardware | None
     progress: Callable[[str], None]
     poll_interval_s: float
@@ -180,12 +185,10 @@ class _Worker:
         self.study, self.plan = self._open()
         if planned is not None and self.plan.space != planned:  # joined a sweep planned on other hardware
             self._check_trials(self.plan.space)
-        width = min(self.job.limits.max_concurrent_trials, self.plan.budget)
-        if self.devices and len(self.devices) < width:
-            self.progress(f"{len(self.devices)} GPU(s): running {len(self.devices)} trials at a time, one per GPU "
-                          f"(max_concurrent_trials {width})")
-            width = len(self.devices)
-        self.width = width
+        self.width, self.processes, message = trial_width(
+            min(self.job.limits.max_concurrent_trials, self.plan.budget), len(self.devices), self.processes_per_trial)
+        if message:
+            self.progress(message)
         self.progress(f"sweep {self.study_name}: {self.plan.describe()}")
         for reason in self.plan.reasons:
             self.progress(f"  {reason}")
@@ -341,7 +344,7 @@ class _Worker:
                 "kind": "invalid_settings", "type": "SettingsError",
                 "message": f"the sampled settings are invalid, so the trial did not start: {error}"}})
             return True
-        device = self._free_device()
+        device = self._free_devices()
         spec = {
             "parent_pid": os.getpid(), "storage": self.storage, "run_dir": str(self.run_dir.resolve()),
             "study_name": self.study_name, "trial_id": trial._trial_id, "trial_number": trial.number,
@@ -350,7 +353,8 @@ class _Worker:
             "validation_data": str(self.job.validation_data.path) if self.job.validation_data else None,
             "label_column": self.job.target_column_name, "settings": _jsonable(settings),
             "output": str(trial_dir.resolve()), "stop_file": str((trial_dir / STOP_FILE).resolve()),
-            "result_file": str((trial_dir / RESULT_FILE).resolve()),
+            "result_file": str((trial_dir / RESULT_FILE).resolve()), "processes": self.processes,
+            "resume_from": self._saved_epochs_of(trial),
         }
         for stale in (RESULT_FILE, STOP_FILE):
             (trial_dir / stale).unlink(missing_ok=True)
@@ -362,6 +366,8 @@ class _Worker:
             start_new_session=True)  # terminal Ctrl-C reaches the runner only, which stops trials itself
         self.running[trial.number] = _Running(trial, process, trial_dir, now, device, log)
         where = f" on GPU {device}" if device is not None else ""
+        if self.processes > 1:
+            where += f" ({self.processes} processes)"
         self.progress(f"trial {trial.number} started{where} (slot {slot + 1}/{self.plan.budget}): "
                       f"{_describe_config(sample.values)}")
         return True
@@ -392,7 +398,7 @@ class _Worker:
                                   attrs.LOG: str(trial_dir / LOG_FILE)}
         for key, name in ((attrs.BEST_SCORE, "best_score"), (attrs.BEST_EPOCH, "best_epoch"),
                           (attrs.EPOCHS_RUN, "epochs_run"), (attrs.MODEL_DIR, "model_dir"),
-                          (attrs.CANCEL_REASON, "cancel_reason")):
+                          (attrs.CANCEL_REASON, "cancel_reason"), (attrs.RETRIES, "retries")):
             if result.get(name) is not None:
                 values[key] = result[name]
         if message:
@@ -452,11 +458,23 @@ class _Worker:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # closed by another worker; _finish will report it
 
-    def _free_device(self) -> str | None:
+    def _saved_epochs_of(self, trial: optuna.trial.Trial) -> str | None:
+        """The folder of the interrupted trial that ``trial`` re-runs, when it saved an epoch to resume from."""
+        number = trial.user_attrs.get(attrs.RETRY_OF)
+        if number is None:
+            return None
+        earlier = next((t for t in self._trials() if t.number == number), None)
+        folder = earlier.user_attrs.get(attrs.TRIAL_DIR) if earlier is not None else None
+        if folder is None or not (Path(folder) / RESUME_STATE).is_file():
+            return None
+        return str(Path(folder).resolve())
+
+    def _free_devices(self) -> str | None:
+        """The CUDA_VISIBLE_DEVICES of the next trial: ``processes`` GPUs that no running trial has."""
         if not self.devices:
             return None
-        used = {r.device for r in self.running.values()}
-        return next(d for d in self.devices if d not in used)
+        used = {d for r in self.running.values() if r.device for d in r.device.split(",")}
+        return ",".join([d for d in self.devices if d not in used][:self.processes])
 
     def _child_env(self, device: str | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -470,7 +488,7 @@ class _Worker:
             # would otherwise put every trial on cuda:0 at once.
             env["CUDA_VISIBLE_DEVICES"] = ""
             if "OMP_NUM_THREADS" not in os.environ:
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(self.width, 1)))
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(self.width * self.processes, 1)))
         return env
 
     # --- the end ------------------------------------------------------------------------------------
@@ -532,6 +550,29 @@ def _stored_plan(storage: Any, study_name: str) -> dict[str, Any] | None:
     except KeyError:
         return None
     return study.user_attrs.get(attrs.PLAN)
+
+
+def trial_width(concurrent: int, gpus: int, processes: int | None) -> tuple[int, int, str | None]:
+    """(trials at a time, processes per trial, a line saying why fewer trials run than asked for).
+
+    With GPUs every process has one, so ``concurrent`` x ``processes`` must fit on them: by default the
+    GPUs are shared out among the concurrent trials (all of them per trial when one runs at a time, as
+    the reference), and fewer trials run at a time when they do not fit. On the CPU a trial is one
+    process unless asked for more. Raises ``SettingsError`` when one trial asks for more GPUs than exist.
+    """
+    if processes is not None and processes < 1:
+        raise SettingsError([f"--processes-per-trial: got {processes}; use 1 or more"], context="sweep")
+    if not gpus:
+        return concurrent, processes or 1, None
+    processes = processes or max(1, gpus // concurrent)
+    if processes > gpus:
+        raise SettingsError([f"--processes-per-trial: got {processes}, but there are {gpus} GPU(s) and each process "
+                             f"needs one; use at most {gpus}"], context="sweep")
+    fits = gpus // processes
+    if fits >= concurrent:
+        return concurrent, processes, None
+    each = "one per GPU" if processes == 1 else f"{processes} GPUs each"
+    return fits, processes, f"{gpus} GPU(s): running {fits} trials at a time, {each} (max_concurrent_trials {concurrent})"
 
 
 def trial_devices(devices: Sequence[str] | None) -> list[str]:
