@@ -269,7 +269,9 @@ def test_the_script_of_docs_deployment_prints_the_boxes_visionsweep_predicts(yol
                              capture_output=True, text=True, check=True).stdout.splitlines()
     (line,) = read_lines(visionsweep.predict(result.run_dir, image, output=tmp_path / "p.jsonl").output)
     width, height = Image.open(image).size
-    assert printed and len(printed) == pytest.approx(len(line["boxes"]), abs=2)
+    # The script resizes with another filter, which moves the scores near box_score_thresh a little: a few
+    # boxes of an untrained model's many may cross it either way.
+    assert printed and len(printed) == pytest.approx(len(line["boxes"]), rel=0.05, abs=2)
     for row in printed[:3]:  # the best boxes: the same up to the resampling filter
         label, score, *box = row.split()
         assert any(item["label"] == label and abs(item["score"] - float(score)) < 0.02

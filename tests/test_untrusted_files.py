@@ -236,7 +236,8 @@ def test_vendor_reader_survives_a_module_tree_with_a_cycle(tmp_path):
 
 def _release_0_1_save(path: pathlib.Path, content: dict[str, Any], optimizer, schedule) -> None:
     """``save_checkpoint`` of release 0.1, line for line (it loaded with ``weights_only=False``)."""
-    content = {**content, "optimizer_state": optimizer.state_dict(), "lr_scheduler_state": schedule.state_dict()}
+    content = {**content, "optimizer_state": optimizer.state_dict(),
+               "lr_scheduler_state": {"step": schedule.step, "epoch": schedule.epoch}}  # 0.1's schedule state
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     torch.save(content, partial)
