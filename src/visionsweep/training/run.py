@@ -151,7 +151,8 @@ def train(
         settings, data_ = prepared.settings, prepared.data
         ranks = ranks_from_environment(prepared.device.type)
         device = process_device(prepared.device, ranks)
-        run_log.quiet = not ranks.is_main
+        if not ranks.is_main:
+            run_log.file_only()
         seed_everything(settings.seed, settings.deterministic)
         for report in data_.reports:
             log.info("%s", report.summary())
@@ -169,19 +170,27 @@ def train(
             resumed = _resume(training, point, data_.classes) if point is not None else None
             if not ranks.is_main:
                 return _fit(training, task, settings, data_, run_dir, device, None, ranks, resumed)
-            earlier_report = _read_data_report(run_dir) if point is not None else None
-            write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
-            if point is None:
-                write_jsonl(data_.train, run_dir / "train.jsonl", task)
-                write_jsonl(data_.validation, run_dir / "validation.jsonl", task)
-            # Written now and again at the end: a run killed on the way keeps the report of its data sources.
-            _write_data_report(run_dir, data_, runtime, earlier_report)
+            earlier_report = _write_run_inputs(run_dir, task, settings, data_, runtime, resumed=point is not None)
             try:
                 return _fit(training, task, settings, data_, run_dir, device, epoch_callback, ranks, resumed)
             finally:
                 _write_data_report(run_dir, data_, runtime, earlier_report)
         finally:
             stop_process_group()
+
+
+def _write_run_inputs(run_dir: Path, task: Task, settings: Settings, data: TrainingData, runtime: UnreadableImages,
+                      *, resumed: bool) -> dict[str, Any] | None:
+    """settings.json, the records (a resumed run keeps those it started with) and data_report.json, which is
+    written again at the end: a run killed on the way keeps the report of its data sources. Returns the
+    data report of the run a resumed one continues."""
+    earlier_report = _read_data_report(run_dir) if resumed else None
+    write_json(run_dir / "settings.json", {**settings.to_dict(), "notes": settings.notes})
+    if not resumed:
+        write_jsonl(data.train, run_dir / "train.jsonl", task)
+        write_jsonl(data.validation, run_dir / "validation.jsonl", task)
+    _write_data_report(run_dir, data, runtime, earlier_report)
+    return earlier_report
 
 
 def _check_resume_arguments(data: Any, validation_data: Any, output: Any, overwrite: bool) -> None:
@@ -486,8 +495,6 @@ class _RunLog:
         self._held = _HeldRecords()
         self._file: logging.FileHandler | None = None
         self._propagate = log.propagate
-        # Every rank but 0 logs to its own file only (the console shows one process's lines).
-        self.quiet = False
 
     def __enter__(self) -> "_RunLog":
         log.addHandler(self._held)
@@ -495,13 +502,10 @@ class _RunLog:
             log.setLevel(logging.INFO)
         return self
 
-    @property
-    def quiet(self) -> bool:
-        return not log.propagate
-
-    @quiet.setter
-    def quiet(self, value: bool) -> None:
-        log.propagate = self._propagate and not value
+    def file_only(self) -> None:
+        """Log to the run's file only, not the console: every rank but 0 of a distributed run (the console
+        shows one process's lines)."""
+        log.propagate = False
 
     def start_file(self, path: Path, *, append: bool = False) -> None:
         """Write the log to ``path`` from now on (after what was held); ``append`` keeps what it holds (a
