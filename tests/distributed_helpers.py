@@ -36,11 +36,14 @@ def _tweak(model: nn.Module, spec: dict) -> nn.Module:
 
 
 def train(spec: dict) -> None:
+    """Train ``spec`` (one run), or each of ``spec["runs"]`` in turn in the same processes (which join their
+    process group once: the runs leave it as they found it)."""
     import visionsweep
+    from visionsweep.distributed import ranks_from_environment, start_process_group
     from visionsweep.training import run
 
-    build = run.build_model
-    run.build_model = lambda *args, **kwargs: _tweak(build(*args, **kwargs), spec)
+    build, current = run.build_model, {}
+    run.build_model = lambda *args, **kwargs: _tweak(build(*args, **kwargs), current)
     if spec.get("die_on_rank") is not None and int(os.environ.get("RANK", "0")) == spec["die_on_rank"]:
         from visionsweep.families.classification.family import ClassificationFamily
 
@@ -49,8 +52,12 @@ def train(spec: dict) -> None:
             os._exit(3)
 
         ClassificationFamily.train_step = die
-    visionsweep.train(spec["task"], spec["data"], spec.get("validation_data"), settings=spec["settings"],
-                      output=spec["output"], progress=False, overwrite=True)
+    start_process_group(ranks_from_environment("cpu"))
+    for one in spec.get("runs", [spec]):
+        current.clear()
+        current.update(one)
+        visionsweep.train(one["task"], one["data"], one.get("validation_data"), settings=one["settings"],
+                          output=one["output"], progress=False, overwrite=True)
 
 
 def evaluate(spec: dict) -> None:

@@ -110,9 +110,10 @@ def _one_object_scenes(folder: Path, count: int = 8, size: int = 64) -> Path:
     return folder / "data.jsonl"
 
 
-_DETECTION_BASE = {key: value for key, value in TINY_SETTINGS.items() if not key.endswith(("_resize_size", "_crop_size"))}
-_EQUIVALENCE = {
-    "classification": ("image_classification", {**TINY_SETTINGS}, {"freeze_batch_norm": True}),
+_DETECTION_BASE = {key: value for key, value in TINY_SETTINGS.items()
+                   if not key.endswith(("_resize_size", "_crop_size"))}
+_EQUIVALENCE = {  # case: (task, settings, changes to the built model: see distributed_helpers)
+    "classification": ("image_classification", TINY_SETTINGS, {"freeze_batch_norm": True}),
     "faster_rcnn": ("image_object_detection",
                     {"model_name": "fasterrcnn_resnet18_fpn", "min_size": 64, "max_size": 64,
                      "validation_metric_type": "none"},  # the weights are compared, not the (slow) validation
@@ -123,36 +124,39 @@ _EQUIVALENCE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(_EQUIVALENCE))
-def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path, case):
-    task, values, tweaks = _EQUIVALENCE[case]
-    if task == "image_classification":
-        data = write_color_dataset(tmp_path / "data", per_class=5)  # 8 training, 2 validation images
-    else:
-        data = _one_object_scenes(tmp_path / "data", count=10)
-    base = TINY_SETTINGS if task == "image_classification" else _DETECTION_BASE
-    common = {**base, **values, "number_of_epochs": 1, "apply_automl_train_augmentations": False,
-              "early_stopping": False, "seed": 3, "learning_rate": 0.005, "validation_batch_size": 2}
-    runs = {}
-    for name, processes, batch, rate in (("two", 2, 2, common["learning_rate"]),
-                                         ("one", 1, 4, 2 * common["learning_rate"])):
-        spec = _spec(tmp_path, name, task=task, data=str(data), output=str(tmp_path / name),
-                     settings={**common, "training_batch_size": batch, "learning_rate": rate},
-                     initial_weights=str(tmp_path / f"{name}-initial.pt"), **tweaks)
-        _ok(_torchrun("train", spec) if processes == 2 else _single("train", spec))
-        runs[name] = torch.load(tmp_path / name / "model" / "model.pt", weights_only=True)["model_state"]
-    initial = torch.load(tmp_path / "one-initial.pt", weights_only=True)
-    changed = 0
-    for key, one in runs["one"].items():
-        if not one.is_floating_point():
-            continue
-        moved = (one - initial[key]).norm()
-        if moved > 0:
-            changed += 1
-            assert (runs["two"][key] - one).norm() <= 1e-4 * moved + 1e-7, key
-    assert changed > 10  # the comparison is about weights that training moved
-    two_log = (tmp_path / "two" / "train.log").read_text()
-    assert "distributed over 2 processes (gloo)" in two_log and "x 2 = 0.01" in two_log
+def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path):
+    """A classifier, Faster R-CNN and YOLOv5, each trained two steps (8 images) by 2 processes with batch 2 and
+    by 1 with batch 4 (one launch of each, training the three in turn)."""
+    classification = write_color_dataset(tmp_path / "classification", per_class=5)  # 8 training, 2 validation
+    detection = _one_object_scenes(tmp_path / "detection", count=10)
+    runs: dict[str, list[dict]] = {"two": [], "one": []}
+    for case, (task, values, tweaks) in sorted(_EQUIVALENCE.items()):
+        classifier = task == "image_classification"
+        common = {**(TINY_SETTINGS if classifier else _DETECTION_BASE), **values, "number_of_epochs": 1,
+                  "apply_automl_train_augmentations": False, "early_stopping": False, "seed": 3,
+                  "validation_batch_size": 2}
+        for name, batch, rate in (("two", 2, 0.005), ("one", 4, 0.01)):
+            runs[name].append({"task": task, "data": str(classification if classifier else detection),
+                               "output": str(tmp_path / f"{case}-{name}"),
+                               "settings": {**common, "training_batch_size": batch, "learning_rate": rate},
+                               "initial_weights": str(tmp_path / f"{case}-{name}-initial.pt"), **tweaks})
+    _ok(_torchrun("train", _spec(tmp_path, "two", runs=runs["two"])))
+    _ok(_single("train", _spec(tmp_path, "one", runs=runs["one"])))
+    for case in _EQUIVALENCE:
+        two, one = (torch.load(tmp_path / f"{case}-{name}" / "model" / "model.pt", weights_only=True)["model_state"]
+                    for name in ("two", "one"))
+        initial = torch.load(tmp_path / f"{case}-one-initial.pt", weights_only=True)
+        changed = 0
+        for key, weights in one.items():
+            if not weights.is_floating_point():
+                continue
+            moved = (weights - initial[key]).norm()
+            if moved > 0:
+                changed += 1
+                assert (two[key] - weights).norm() <= 1e-4 * moved + 1e-7, (case, key)
+        assert changed > 10, case  # the comparison is about weights that training moved
+        log = (tmp_path / f"{case}-two" / "train.log").read_text()
+        assert "distributed over 2 processes (gloo)" in log and "x 2 = 0.01" in log, case
 
 
 # --- validation metrics over the processes ----------------------------------------------------------------

@@ -117,11 +117,12 @@ def process_device(device: torch.device, ranks: Ranks) -> torch.device:
     return torch.device("cuda", ranks.local_rank)
 
 
-def start_process_group(ranks: Ranks) -> None:
-    """Join the run's other processes (the launcher's rendezvous, ``MASTER_ADDR``/``MASTER_PORT``).
+def start_process_group(ranks: Ranks) -> bool:
+    """Join the run's other processes (the launcher's rendezvous, ``MASTER_ADDR``/``MASTER_PORT``); False when
+    there is nothing to join, or the caller's own program has joined already (it then also leaves).
     Failures become a ``DistributedError`` that says what to check."""
     if not ranks.is_distributed or torch.distributed.is_initialized():
-        return
+        return False
     if ranks.backend == "nccl":
         torch.cuda.set_device(ranks.local_rank)
     try:
@@ -129,6 +130,7 @@ def start_process_group(ranks: Ranks) -> None:
                                              timeout=COLLECTIVE_TIMEOUT)
     except Exception as error:  # the backends raise RuntimeError, DistStoreError, ValueError...
         raise rendezvous_error(error, ranks.rank) from None
+    return True
 
 
 def stop_process_group() -> None:

@@ -159,7 +159,7 @@ def train(
         runtime = UnreadableImages({"training": data_.train, "validation": data_.validation},
                                    DataReport(source="images that failed to decode during the run"),
                                    ignore_data_errors=settings.ignore_data_errors, kept=False)
-        start_process_group(ranks)
+        joined = start_process_group(ranks)
         try:
             training = _prepare(settings, data_, device, runtime, progress and ranks.is_main, ranks)
             if ranks.is_main and point is None:
@@ -176,7 +176,8 @@ def train(
             finally:
                 _write_data_report(run_dir, data_, runtime, earlier_report)
         finally:
-            stop_process_group()
+            if joined:
+                stop_process_group()
 
 
 def _write_run_inputs(run_dir: Path, task: Task, settings: Settings, data: TrainingData, runtime: UnreadableImages,
