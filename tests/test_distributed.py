@@ -368,6 +368,26 @@ def test_a_job_asking_for_multi_node_trials_is_refused_with_the_way_to_do_it(tmp
     assert load_job(job).task.value == "image_classification"
 
 
+def test_a_busy_rendezvous_port_is_a_clear_error():
+    import socket
+
+    from visionsweep.distributed import DistributedError
+    from visionsweep.training.launcher import Launch, launch_processes
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(DistributedError, match="rendezvous port is in use.*give this one another port"):
+            launch_processes(Launch(nproc_per_node=2, master_port=port),
+                             ["--no-python", sys.executable, "-c", "print('never started')"])
+    # A machine that never joins: the rendezvous times out, and the error says what to check.
+    from visionsweep.distributed import rendezvous_error
+
+    error = rendezvous_error(RuntimeError("Socket Timeout: connect() timed out"), rank=1)
+    assert "(rank 1)" in str(error) and "same --nnodes, --master-addr and --master-port" in str(error)
+
+
 def test_launch_settings_are_checked_before_anything_starts():
     from visionsweep.errors import SettingsError
     from visionsweep.training.launcher import Launch, launch_processes, processes_per_node
