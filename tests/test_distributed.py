@@ -401,3 +401,4 @@ def test_launch_settings_are_checked_before_anything_starts():
     assert processes_per_node(None, distributed=True, device="auto", gpus=4) == 4
     assert processes_per_node(None, distributed=False, device="auto", gpus=4) == 1
     assert processes_per_node(None, distributed=True, device="cpu", gpus=4) == 1
+    assert processes_per_node(None, distributed=True, device="cuda:1", gpus=4) == 1  # the GPU asked for

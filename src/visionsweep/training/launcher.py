@@ -54,13 +54,13 @@ class Launch:
 
 def processes_per_node(requested: int | None, *, distributed: bool, device: str, gpus: int) -> int:
     """``requested``, or by default one process per GPU when the run may be distributed and trains on
-    CUDA with more than one GPU (as the reference), else one."""
+    CUDA (``device`` auto or cuda, not one named GPU) with more than one GPU (as the reference), else one."""
     if requested is not None:
         if requested > 1 and not distributed:
             raise SettingsError([f"distributed: false, but --nproc-per-node {requested} asks for {requested} "
                                  "processes; set distributed true, or leave --nproc-per-node out"])
         return requested
-    return gpus if distributed and device != "cpu" and gpus > 1 else 1
+    return gpus if distributed and device in ("auto", "cuda") and gpus > 1 else 1
 
 
 def torchrun_arguments(launch: Launch, command: Sequence[str]) -> list[str]:
