@@ -88,7 +88,8 @@ class VocEvaluator:
         self.merge_state(other.state())
 
     def state(self) -> dict[str, Any]:
-        """What ``add`` kept, as plain data and arrays (``merge_state`` adds it to another evaluator)."""
+        """What ``add`` kept, as plain data and arrays (``merge_state`` adds it to another evaluator): one array
+        per field, not one per image, so that another process's share stays small to exchange."""
         labels, scores, outcomes, image_ids = self._arrays()
         return {"images": self.images, "images_with_objects": self.images_with_objects, "objects": self._objects,
                 "labels": labels, "scores": scores, "outcomes": outcomes, "image_ids": image_ids}
@@ -120,13 +121,6 @@ class VocEvaluator:
             "recall": _mean_defined([m["recall"] for m in per_label.values()]),
             "per_label_metrics": per_label,
         }
-
-    def __getstate__(self) -> dict[str, Any]:
-        # One array per field instead of one per image keeps the pickle small for gathering across processes.
-        labels, scores, outcomes, image_ids = self._arrays()
-        state = dict(self.__dict__)
-        state.update(_labels=[labels], _scores=[scores], _outcomes=[outcomes], _image_ids=[image_ids])
-        return state
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64),
