@@ -8,6 +8,11 @@ the second-best object. Crowd IoU is intersection over the prediction's area. Pe
 all-point interpolated area under the precision/recall curve; precision and recall are those after
 all predictions. -1 marks an undefined value (no ground truth and/or no prediction of a class).
 
+``compute`` also gives precision and recall per score threshold (per class and pooled over classes,
+section 5.5) and, for boxes only, the image-level binary classifier metrics (5.7) and confusion matrices
+per score threshold (5.8), whose matching ignores classes; ``visionsweep.evaluation.voc_curves`` holds
+their arithmetic.
+
 The inputs are those of ``visionsweep.evaluation.detections``.
 """
 from __future__ import annotations
@@ -20,8 +25,10 @@ from visionsweep.evaluation.detections import (
     Detections, GroundTruth, IouBlock, IouType, box_iou_block, mask_iou_block, pad_arrays, read_detections,
     read_ground_truth,
 )
+from visionsweep.evaluation.voc_curves import (
+    UNDEFINED, confusion_matrices, constant_per_score_threshold, image_level_counts, per_score_threshold,
+)
 
-UNDEFINED = -1.0
 # Outcome of one prediction.
 FALSE_POSITIVE, TRUE_POSITIVE, IGNORED = 0, 1, 2
 # The reference divides by (count + 1e-9) so that an empty denominator gives 0 instead of an error.
@@ -30,15 +37,18 @@ _EPSILON = 1e-9
 _BLOCK_ELEMENTS = 1 << 21
 
 _IOU_BLOCKS: dict[str, tuple[IouBlock, str]] = {"bbox": (box_iou_block, "boxes"), "segm": (mask_iou_block, "masks")}
+CURVE_KEYS = ("precisions_per_score_threshold", "recalls_per_score_threshold")
 
 
 class VocEvaluator:
     """Incremental VOC-style evaluator: ``add`` batches of images, ``compute`` once at the end.
 
-    ``add`` matches each image at once and keeps per prediction only its class, score, outcome and image
-    number (and per class the number of non-crowd objects), so memory grows with the predictions, not
-    the images. Evaluators of several processes combine with ``merge``. ``iou_type`` "segm" matches on
-    masks instead of boxes.
+    ``add`` matches each image at once and keeps per prediction only its class, score, outcome, image
+    number and, for boxes, the class of the object it takes when classes are ignored (-1: none; the
+    confusion matrices' matches), and per class the number of non-crowd objects, so memory grows with
+    the predictions, not the images. Evaluators of several processes combine with ``merge``.
+    ``iou_type`` "segm" matches on masks instead of boxes (and has no image-level metrics and no
+    confusion matrices, as the reference).
     """
 
     def __init__(self, class_names: Sequence[str], *, iou_threshold: float = 0.5, iou_type: IouType = "bbox"):
@@ -56,6 +66,7 @@ class VocEvaluator:
         self._scores: list[np.ndarray] = []
         self._outcomes: list[np.ndarray] = []
         self._image_ids: list[np.ndarray] = []
+        self._matched_classes: list[np.ndarray] = []
 
     def add(self, predictions: Sequence[Detections | Mapping[str, Any]],
             ground_truth: Sequence[GroundTruth | Mapping[str, Any]]) -> None:
@@ -71,13 +82,15 @@ class VocEvaluator:
         for truth in truths:
             self._objects += np.bincount(truth.labels[~truth.is_crowd], minlength=len(self.class_names))
         self.images_with_objects += sum(1 for t in truths if (~t.is_crowd).any())
-        outcomes = match_images(detections, truths, self.iou_threshold, self.iou_type)
-        for number, (detection, outcome) in enumerate(zip(detections, outcomes)):
+        outcomes, matched = match_outcomes_and_classes(detections, truths, self.iou_threshold, self.iou_type,
+                                                       ignoring_class=self.iou_type == "bbox")
+        for number, (detection, outcome, match) in enumerate(zip(detections, outcomes, matched)):
             if len(outcome):
                 self._labels.append(detection.labels)
                 self._scores.append(detection.scores)
                 self._outcomes.append(outcome)
                 self._image_ids.append(np.full(len(outcome), self.images + number, np.int64))
+                self._matched_classes.append(match)
         self.images += len(detections)
 
     def merge(self, other: VocEvaluator) -> None:
@@ -89,10 +102,13 @@ class VocEvaluator:
 
     def state(self) -> dict[str, Any]:
         """What ``add`` kept, as plain data and arrays (``merge_state`` adds it to another evaluator): one array
-        per field, not one per image, so that another process's share stays small to exchange."""
-        labels, scores, outcomes, image_ids = self._arrays()
+        per field, not one per image, so that another process's share stays small to exchange.
+        ``matched_classes`` lines up with ``labels`` and ``scores``: with them it holds the (object class,
+        predicted class, score) matches of the confusion matrices."""
+        labels, scores, outcomes, image_ids, matched = self._arrays()
         return {"images": self.images, "images_with_objects": self.images_with_objects, "objects": self._objects,
-                "labels": labels, "scores": scores, "outcomes": outcomes, "image_ids": image_ids}
+                "labels": labels, "scores": scores, "outcomes": outcomes, "image_ids": image_ids,
+                "matched_classes": matched}
 
     def merge_state(self, state: Mapping[str, Any]) -> None:
         """Add the images of another process's evaluator of the same classes (its ``state()``) after ours."""
@@ -100,33 +116,58 @@ class VocEvaluator:
         self._scores.append(state["scores"])
         self._outcomes.append(state["outcomes"])
         self._image_ids.append(state["image_ids"] + self.images)
+        self._matched_classes.append(state["matched_classes"])
         self._objects = self._objects + state["objects"]
         self.images += state["images"]
         self.images_with_objects += state["images_with_objects"]
 
     def compute(self) -> dict[str, Any]:
-        """``mean_average_precision`` (the primary metric), ``precision``, ``recall`` (means over the classes
-        where each is defined, -1 when none is), and ``per_label_metrics`` {class name: {precision, recall,
-        average_precision}}. Values are not rounded."""
-        labels, scores, outcomes, _ = self._arrays()
+        """The metrics dict; values are not rounded, -1 marks an undefined value.
+
+        * ``mean_average_precision`` (the primary metric), ``precision``, ``recall``: means over the
+          classes where each is defined (-1 when none is);
+        * ``per_label_metrics`` {class name: {precision, recall, average_precision,
+          precisions_per_score_threshold, recalls_per_score_threshold}};
+        * ``precisions_per_score_threshold``, ``recalls_per_score_threshold``: {threshold: value} for
+          thresholds 0.00, 0.01, ..., 0.99, over all classes' predictions ranked together (not a mean);
+        * boxes only: ``image_level_binary_classifier_metrics`` {precision, recall, average_precision}
+          (an image is a true positive once any of its predictions is) and
+          ``confusion_matrices_per_score_threshold`` {threshold 0.0 ... 0.9: C x (C + 1) list of lists}
+          (rows: ground-truth classes; columns: the class names followed by "missed"; a single matrix
+          keyed -1.0 when no prediction matched an object).
+        """
+        labels, scores, outcomes, image_ids, matched = self._arrays()
         # Per class, visit order: descending score, and on equal scores the prediction added later first.
         order = np.lexsort((-np.arange(len(labels)), -scores, labels))
         bounds = np.searchsorted(labels[order], np.arange(len(self.class_names) + 1))
-        ordered = outcomes[order]
-        per_label = {name: class_metrics(ordered[bounds[i]:bounds[i + 1]], int(self._objects[i]))
-                     for i, name in enumerate(self.class_names)}
-        return {
+        ordered, ordered_scores = outcomes[order], scores[order]
+        per_label = {}
+        for i, name in enumerate(self.class_names):
+            part, objects = slice(bounds[i], bounds[i + 1]), int(self._objects[i])
+            per_label[name] = {**class_metrics(ordered[part], objects),
+                               **threshold_curves(ordered_scores[part], ordered[part], objects)}
+        pooled = np.lexsort((-np.arange(len(labels)), -scores))  # all classes ranked together
+        metrics = {
             "mean_average_precision": _mean_defined([m["average_precision"] for m in per_label.values()]),
             "precision": _mean_defined([m["precision"] for m in per_label.values()]),
             "recall": _mean_defined([m["recall"] for m in per_label.values()]),
             "per_label_metrics": per_label,
+            **threshold_curves(scores[pooled], outcomes[pooled], int(self._objects.sum())),
         }
+        if self.iou_type == "bbox":
+            metrics["image_level_binary_classifier_metrics"] = image_level_metrics(
+                image_ids[pooled], outcomes[pooled], self.images_with_objects)
+            found = matched >= 0
+            metrics["confusion_matrices_per_score_threshold"] = confusion_matrices(
+                self._objects.tolist(), matched[found], labels[found], scores[found])
+        return metrics
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (np.concatenate(self._labels) if self._labels else np.zeros(0, np.int64),
                 np.concatenate(self._scores) if self._scores else np.zeros(0),
                 np.concatenate(self._outcomes) if self._outcomes else np.zeros(0, np.int8),
-                np.concatenate(self._image_ids) if self._image_ids else np.zeros(0, np.int64))
+                np.concatenate(self._image_ids) if self._image_ids else np.zeros(0, np.int64),
+                np.concatenate(self._matched_classes) if self._matched_classes else np.zeros(0, np.int32))
 
     def _check_labels(self, labels: np.ndarray) -> None:
         bad = labels[(labels < 0) | (labels >= len(self.class_names))]
@@ -145,8 +186,18 @@ def match_images(detections: Sequence[Detections], truths: Sequence[GroundTruth]
     false positive and never sends it elsewhere, so an object goes to the first prediction, in visit
     order, whose best object it is.
     """
+    return match_outcomes_and_classes(detections, truths, iou_threshold, iou_type)[0]
+
+
+def match_outcomes_and_classes(detections: Sequence[Detections], truths: Sequence[GroundTruth], iou_threshold: float,
+                               iou_type: IouType = "bbox", *,
+                               ignoring_class: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``match_images``'s outcomes and, per prediction, the class of the object it takes when every
+    object and prediction of an image are matched as one class (the same greedy rule on the same IoU;
+    spec 5.8), or -1: none taken, a crowd object, or ``ignoring_class`` false (all -1, nothing matched)."""
     iou_block, field = _IOU_BLOCKS[iou_type]
     outcomes: list[np.ndarray] = [np.zeros(0, np.int8)] * len(detections)
+    matched: list[np.ndarray] = [np.zeros(0, np.int32)] * len(detections)
     # Blocks of similar prediction counts waste little padding.
     order = sorted(range(len(detections)), key=lambda i: (len(detections[i].labels), len(truths[i].labels)))
     for block in _blocks(order, detections, truths):
@@ -157,17 +208,21 @@ def match_images(detections: Sequence[Detections], truths: Sequence[GroundTruth]
             continue
         iou = iou_block([getattr(x, field) for x in d], [getattr(x, field) for x in t],
                         [x.is_crowd for x in t], shape)
-        block_outcomes = _greedy_outcomes(
-            iou,
-            pad_arrays([x.labels for x in d], shape[0], None, fill=-1),
-            pad_arrays([x.scores for x in d], shape[0], None, fill=-np.inf),
-            pad_arrays([x.labels for x in t], shape[1], None, fill=-2),
-            pad_arrays([x.is_crowd for x in t], shape[1], None, fill=False),
-            iou_threshold,
-        )
+        predicted_labels = pad_arrays([x.labels for x in d], shape[0], None, fill=-1)
+        scores = pad_arrays([x.scores for x in d], shape[0], None, fill=-np.inf)
+        object_labels = pad_arrays([x.labels for x in t], shape[1], None, fill=-2)
+        is_crowd = pad_arrays([x.is_crowd for x in t], shape[1], None, fill=False)
+        block_outcomes, _ = _greedy_outcomes(iou, predicted_labels, scores, object_labels, is_crowd, iou_threshold)
+        block_matched = np.full(block_outcomes.shape, -1, np.int32)
+        if ignoring_class:  # one class for all: padded predictions (-1) and objects (-2) still never pair
+            _, taken = _greedy_outcomes(iou, np.minimum(predicted_labels, 0), scores, np.minimum(object_labels, 0),
+                                        is_crowd, iou_threshold)
+            taken_labels = np.take_along_axis(object_labels, np.maximum(taken, 0), axis=1)
+            block_matched = np.where(taken >= 0, taken_labels, -1).astype(np.int32)
         for row, image in enumerate(block):
             outcomes[image] = block_outcomes[row, :len(d[row].labels)]
-    return outcomes
+            matched[image] = block_matched[row, :len(d[row].labels)]
+    return outcomes, matched
 
 
 def class_metrics(outcomes: np.ndarray, objects: int) -> dict[str, float]:
@@ -176,17 +231,45 @@ def class_metrics(outcomes: np.ndarray, objects: int) -> dict[str, float]:
     ``objects`` is the number of non-crowd ground-truth objects of the class (m), ``len(outcomes)`` the
     number of predictions (n). Undefined values are -1: AP and recall when m = 0, precision when n = 0.
     """
-    n = len(outcomes)
-    if objects == 0:
-        return {"precision": 0.0 if n else UNDEFINED, "recall": UNDEFINED, "average_precision": UNDEFINED}
-    if n == 0:
-        return {"precision": UNDEFINED, "recall": 0.0, "average_precision": 0.0}
+    undefined = _undefined_metrics(objects, len(outcomes))
+    if undefined is not None:
+        return undefined
+    return _last_point_and_ap(*precision_recall_curve(outcomes, objects))
+
+
+def precision_recall_curve(outcomes: np.ndarray, objects: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (precision, recall) after each prediction, in visit order; ``objects`` > 0. A prediction
+    on a crowd object counts as neither TP nor FP but still makes a point."""
     true_positives = np.cumsum(outcomes == TRUE_POSITIVE)
     false_positives = np.cumsum(outcomes == FALSE_POSITIVE)
-    precision = true_positives / (true_positives + false_positives + _EPSILON)
-    recall = true_positives / objects
-    return {"precision": float(precision[-1]), "recall": float(recall[-1]),
-            "average_precision": average_precision(recall, precision)}
+    return true_positives / (true_positives + false_positives + _EPSILON), true_positives / objects
+
+
+def threshold_curves(scores: np.ndarray, outcomes: np.ndarray, objects: int) -> dict[str, dict[float, float]]:
+    """``precisions_per_score_threshold`` and ``recalls_per_score_threshold`` (spec 5.5) of predictions in
+    visit order (one class, or all classes ranked together) with ``objects`` non-crowd objects. Without
+    objects or predictions, the constants of the spec 5.4 table (as ``class_metrics``'s precision and
+    recall)."""
+    n = len(outcomes)
+    if objects == 0:
+        curves = constant_per_score_threshold(0.0 if n else UNDEFINED, UNDEFINED)
+    elif n == 0:
+        curves = constant_per_score_threshold(UNDEFINED, 0.0)
+    else:
+        curves = per_score_threshold(scores, *precision_recall_curve(outcomes, objects))
+    return dict(zip(CURVE_KEYS, curves))
+
+
+def image_level_metrics(image_ids: np.ndarray, outcomes: np.ndarray, images_with_objects: int) -> dict[str, float]:
+    """Precision, recall and AP of the detector read as a binary image classifier (spec 5.7): predictions
+    of all classes in visit order; an image is a true positive once one of its predictions is, a false
+    positive while it has only false positives. m = images with a non-crowd object, n = predictions."""
+    undefined = _undefined_metrics(images_with_objects, len(outcomes))
+    if undefined is not None:
+        return undefined
+    true_images, false_images = image_level_counts(image_ids, outcomes == TRUE_POSITIVE, outcomes == FALSE_POSITIVE)
+    precision = true_images / (true_images + false_images + _EPSILON)
+    return _last_point_and_ap(precision, true_images / images_with_objects)
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -203,9 +286,24 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 # --- helpers ------------------------------------------------------------------------------------------
 
 
+def _undefined_metrics(objects: int, predictions: int) -> dict[str, float] | None:
+    """The spec 5.4 table's values when there are no objects (m = 0) or no predictions (n = 0), else None."""
+    if objects == 0:
+        return {"precision": 0.0 if predictions else UNDEFINED, "recall": UNDEFINED, "average_precision": UNDEFINED}
+    if predictions == 0:
+        return {"precision": UNDEFINED, "recall": 0.0, "average_precision": 0.0}
+    return None
+
+
+def _last_point_and_ap(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+    return {"precision": float(precision[-1]), "recall": float(recall[-1]),
+            "average_precision": average_precision(recall, precision)}
+
+
 def _greedy_outcomes(iou: np.ndarray, predicted_labels: np.ndarray, scores: np.ndarray, object_labels: np.ndarray,
-                     is_crowd: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Outcomes (B, P) from a padded IoU block; padded predictions come out as FALSE_POSITIVE (ignored)."""
+                     is_crowd: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes (B, P) from a padded IoU block, and the object each true positive takes (B, P; -1 for the
+    others); padded predictions come out as FALSE_POSITIVE (ignored)."""
     same_class = predicted_labels[:, :, None] == object_labels[:, None, :]
     iou = np.where(same_class, iou, -1.0)
     best = iou.argmax(axis=2)  # the first object on ties
@@ -222,7 +320,9 @@ def _greedy_outcomes(iou: np.ndarray, predicted_labels: np.ndarray, scores: np.n
     outcomes = np.full(iou.shape[:2], FALSE_POSITIVE, np.int8)
     outcomes[crowd_hit] = IGNORED
     outcomes[image[visit[first]], prediction[visit[first]]] = TRUE_POSITIVE
-    return outcomes
+    taken = np.full(iou.shape[:2], -1, np.int64)
+    taken[image[visit[first]], prediction[visit[first]]] = target[visit[first]]
+    return outcomes, taken
 
 
 def _blocks(order: list[int], detections: Sequence[Detections], truths: Sequence[GroundTruth]) -> list[list[int]]:
