@@ -11,14 +11,19 @@ size each image was predicted in and its original size, and boxes and areas are 
 reference measured areas in the resized frame, so a large object could count as small or the reverse).
 Box IoU is unchanged by that scaling, so no number other than the size-range ones moves.
 
-Two interchangeable backends compute the same numbers: "pycocotools" (the default, a declared
-dependency) and "faster-coco-eval" (a C++ reimplementation, about ten times faster on thousands of
-images; bench/detection_eval.md), used when chosen and installed.
+Two interchangeable backends compute the same twelve numbers (identical to 1e-12): "faster-coco-eval"
+(the default: a C++ reimplementation, several times faster on thousands of images; bench/detection_eval.md)
+and "pycocotools" (the reference implementation, kept as the fallback and the cross-check). Both are
+declared dependencies. ``backend=None`` (the default) means faster-coco-eval when it imports, and
+pycocotools, with one warning on the "visionsweep" logger, when it does not (a broken wheel on some
+platform); an explicit ``backend="faster-coco-eval"`` that cannot be imported is an error.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -28,8 +33,11 @@ from pycocotools.cocoeval import COCOeval
 
 from visionsweep.evaluation.detections import Detections, GroundTruth, IouType, read_detections, read_ground_truth
 
+log = logging.getLogger("visionsweep")
+
 CocoBackend = Literal["pycocotools", "faster-coco-eval"]
 COCO_BACKENDS: tuple[str, ...] = ("pycocotools", "faster-coco-eval")
+DEFAULT_COCO_BACKEND: CocoBackend = "faster-coco-eval"  # what backend=None means when it can be imported
 
 # The twelve numbers of COCOeval.stats, in order, with short names (as detectron2 and most papers use).
 COCO_METRIC_NAMES: tuple[str, ...] = (
@@ -54,12 +62,18 @@ COCO_SUMMARY_LINES: dict[str, str] = {
 
 
 class CocoEvaluator:
-    """Incremental COCO evaluator: ``add`` batches of images, ``compute`` the twelve numbers at the end."""
+    """Incremental COCO evaluator: ``add`` batches of images, ``compute`` the twelve numbers at the end.
+
+    ``backend`` is "faster-coco-eval", "pycocotools" or None (the default: faster-coco-eval, falling back to
+    pycocotools with one logged warning when it cannot be imported); ``self.backend`` is the one in use.
+    """
 
     def __init__(self, class_names: Sequence[str], *, iou_type: IouType = "bbox",
-                 backend: CocoBackend = "pycocotools"):
+                 backend: CocoBackend | None = None):
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+        if backend is None:
+            backend = default_coco_backend()
         _backend(backend)  # fail now, not at the end of the first validation pass
         self.class_names = list(class_names)
         self.iou_type = iou_type
@@ -179,16 +193,32 @@ def _index(coco_class: type, dataset: dict[str, Any]) -> Any:
     return coco
 
 
+@functools.cache
+def default_coco_backend() -> CocoBackend:
+    """The backend ``backend=None`` means: faster-coco-eval when it imports, else pycocotools (warned once)."""
+    try:
+        _faster_coco_eval()
+    except ValueError as error:
+        log.warning("%s; COCO metrics fall back to pycocotools (the same numbers, several times slower)",
+                    str(error).split(";")[0])
+        return "pycocotools"
+    return DEFAULT_COCO_BACKEND
+
+
+def _faster_coco_eval() -> tuple[type, type]:
+    try:
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+    except (ImportError, OSError) as error:  # OSError: a compiled extension that will not load
+        raise ValueError(f"the COCO backend 'faster-coco-eval' cannot be imported ({error}); reinstall it with "
+                         f"pip install --force-reinstall faster-coco-eval, or use backend='pycocotools'") from None
+    return FastCOCO, COCOeval_faster
+
+
 def _backend(name: str) -> tuple[type, type]:
     """The (COCO, COCOeval) classes of a backend."""
     if name == "pycocotools":
         return COCO, COCOeval
     if name == "faster-coco-eval":
-        try:
-            from faster_coco_eval import COCO as FastCOCO
-            from faster_coco_eval import COCOeval_faster
-        except ImportError:
-            raise ValueError("the COCO backend 'faster-coco-eval' is not installed; pip install faster-coco-eval, "
-                             "or use backend='pycocotools'") from None
-        return FastCOCO, COCOeval_faster
+        return _faster_coco_eval()
     raise ValueError(f"unknown COCO backend {name!r}; choose one of {', '.join(COCO_BACKENDS)}")

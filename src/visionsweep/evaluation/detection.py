@@ -23,11 +23,12 @@ class DetectionEvaluation:
     (both computed, VOC primary) or "none" (``enabled`` is false and ``compute`` returns {}; the training
     loop can skip the pass). ``add`` takes the frame sizes of the images and their original sizes, both
     (width, height), so that COCO's small/medium/large ranges use original pixels; VOC ignores them.
-    ``coco_backend`` is "pycocotools" or "faster-coco-eval" (same numbers, faster; see coco.py).
+    ``coco_backend`` is "faster-coco-eval", "pycocotools" (the same numbers, slower) or None, the default:
+    faster-coco-eval, or pycocotools with one logged warning when faster-coco-eval cannot be imported (coco.py).
     """
 
     def __init__(self, class_names: Sequence[str], metric_type: MetricType = "voc", *, iou_threshold: float = 0.5,
-                 iou_type: IouType = "bbox", coco_backend: str = "pycocotools"):
+                 iou_type: IouType = "bbox", coco_backend: str | None = None):
         if metric_type not in METRIC_TYPES:
             raise ValueError(f"validation_metric_type must be one of {', '.join(METRIC_TYPES)}, got {metric_type!r}")
         self.metric_type = metric_type
@@ -94,7 +95,7 @@ def evaluate_detections(
     iou_type: IouType = "bbox",
     image_sizes: Sequence[tuple[int, int]] | None = None,
     original_sizes: Sequence[tuple[int, int]] | None = None,
-    coco_backend: str = "pycocotools",
+    coco_backend: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate all images at once (e.g. a predictions file against labels); see ``DetectionEvaluation``."""
     evaluation = DetectionEvaluation(class_names, metric_type, iou_threshold=iou_threshold, iou_type=iou_type,
