@@ -36,3 +36,26 @@ def check_detection_lines(lines, classes, score_floor, most):
             x0, y0, x1, y1 = item["box"].values()
             assert 0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0
             assert isinstance(item["score"], float) and score_floor < item["score"] <= 1.0
+
+
+def check_labeled_dataset(predictions_path, labeled_path):
+    """The labelled-dataset file (predict --labeled-dataset) against its predictions file: one line per
+    prediction line, in the same order, in the reference's field order (spec 6.2). Returns its lines."""
+    from urllib.parse import unquote
+
+    predictions, labeled = read_lines(predictions_path), read_lines(labeled_path)
+    assert len(labeled) == len(predictions) > 0
+    for prediction, line in zip(predictions, labeled):
+        assert list(line) == ["image_url", "label_confidence", "label"]
+        assert line["image_url"] == "AmlDatastore://" + unquote(prediction["filename"])
+        if "probs" in prediction:  # classification: every class's probability and the full class list
+            assert line["label_confidence"] == prediction["probs"] and line["label"] == prediction["labels"]
+            continue
+        assert line["label_confidence"] == [item["score"] for item in prediction["boxes"]]
+        assert len(line["label"]) == len(prediction["boxes"])
+        for label, item in zip(line["label"], prediction["boxes"]):
+            keys = ["topX", "topY", "bottomX", "bottomY", "label"] + (["polygon"] if "polygon" in item else [])
+            assert list(label) == keys
+            assert [label[k] for k in keys[:4]] == [item["box"][k] for k in keys[:4]]
+            assert label["label"] == item["label"] and label.get("polygon") == item.get("polygon")
+    return labeled

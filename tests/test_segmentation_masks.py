@@ -167,3 +167,41 @@ def test_exported_masks_are_8_bit_images_of_the_frame(tmp_path, image_type, exac
             assert np.array_equal(pixels, np.where(mask, 255, 0))
         else:  # JPEG is lossy near the edges only
             assert ((pixels > 127) == mask).mean() > 0.99
+
+
+def _soft_disc(width, height, cx, cy, radius, softness):
+    """Mask probabilities of a disc sampled at pixel centres, falling from 1 to 0 over about ``softness``
+    pixels at its edge (as a Mask R-CNN's soft mask does)."""
+    rows, cols = np.mgrid[:height, :width] + 0.5
+    return 1 / (1 + np.exp(-(radius - np.hypot(cols - cx, rows - cy)) / softness))
+
+
+def _disc(width, height, cx, cy, radius):
+    rows, cols = np.mgrid[:height, :width] + 0.5
+    return np.hypot(cols - cx, rows - cy) < radius
+
+
+def test_mask_images_are_written_at_the_original_size_with_edges_from_the_soft_mask(tmp_path):
+    # A soft disc in a 50 x 40 model frame; the original image is 3x larger (150 x 120).
+    soft = _soft_disc(50, 40, 25.3, 19.6, 12.4, 0.7).astype(np.float32)
+    truth = _disc(150, 120, 3 * 25.3, 3 * 19.6, 3 * 12.4)  # the disc itself, at full size
+    (path,) = export_mask_images(tmp_path, "photo.jpg", soft[None, None], ["cell"], [0.8], "png", threshold=0.5,
+                                 size=(150, 120))
+    with Image.open(path) as image:
+        assert image.mode == "L" and image.size == (150, 120)
+        written = np.asarray(image)
+    assert set(np.unique(written)) == {0, 255}
+    # Edges come from the soft mask, resized then cut: far closer than the frame's binary mask blown up.
+    blocky = np.kron(soft > 0.5, np.ones((3, 3), bool))
+    ours_wrong, blocky_wrong = ((written > 0) != truth).sum(), (blocky != truth).sum()
+    assert _iou(written > 0, truth) > 0.99 and ours_wrong < blocky_wrong / 2, (ours_wrong, blocky_wrong)
+    # The threshold applies before the cut: at 0.9 the disc shrinks by 0.7 * ln 9 = 1.54 frame pixels.
+    (path,) = export_mask_images(tmp_path / "high", "photo.jpg", soft[None, None], ["cell"], [0.8], "png",
+                                 threshold=0.9, size=(150, 120))
+    smaller = _disc(150, 120, 3 * 25.3, 3 * 19.6, 3 * (12.4 - 0.7 * np.log(9)))
+    with Image.open(path) as image:
+        assert _iou(np.asarray(image) > 0, smaller) > 0.98
+    # Without a size, the frame's resolution (the reference's), cut at the threshold.
+    (path,) = export_mask_images(tmp_path / "frame", "photo.jpg", soft[None], ["cell"], [0.8], "bmp", threshold=0.5)
+    with Image.open(path) as image:
+        assert image.size == (50, 40) and np.array_equal(np.asarray(image) > 0, soft > 0.5)

@@ -50,7 +50,8 @@ def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report:
 
     For instance segmentation every box also gets its ``polygon``, and with ``export_as_image`` each
     mask is written under ``mask_dir`` (default: ``masks`` in the current folder) as
-    ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``mask_images.mask_image_path``).
+    ``<root>/<label>/<root>_<i>_label_<label>_conf_<score>.<image_type>`` (``mask_images.mask_image_path``),
+    at the original image's width x height (the reference writes the model frame's).
     """
     settings = trained.settings
     for found in Predictor(trained, records, report):
@@ -62,10 +63,11 @@ def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report:
                                      frame_size=found.frame_size)
             for item, polygon in zip(line["boxes"], polygons):
                 item["polygon"] = polygon
-            if settings.export_as_image:
+            if settings.export_as_image:  # at the original image's size, cut after resizing the soft masks
                 export_mask_images(Path("masks") if mask_dir is None else Path(mask_dir), image_url,
-                                   masks, [item["label"] for item in line["boxes"]],
-                                   [item["score"] for item in line["boxes"]], settings.image_type)
+                                   found.predictions["masks"].numpy(), [item["label"] for item in line["boxes"]],
+                                   [item["score"] for item in line["boxes"]], settings.image_type,
+                                   threshold=settings.mask_pixel_score_threshold, size=found.original_size)
         yield line
 
 
