@@ -62,6 +62,7 @@ TINY_SETTINGS = {
     "model_name": "resnet18", "pretrained": False, "number_of_epochs": 2, "training_batch_size": 4,
     "validation_batch_size": 4, "valid_resize_size": 32, "valid_crop_size": 32, "train_crop_size": 32,
     "num_workers": 0, "seed": 0,
-    # The exports cost a run about a second each; the tests of model.onnx and mlflow-model/ turn them on.
-    "export_onnx": False, "save_mlflow": False,
+    # The exports and the report cost a run about a second each; the tests of model.onnx, mlflow-model/ and
+    # report.html turn them on.
+    "export_onnx": False, "save_mlflow": False, "write_report": False,
 }

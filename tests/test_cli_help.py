@@ -18,7 +18,7 @@ from visionsweep.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "predict", "evaluate", "validate-data", "convert", "run", "status", "dashboard", "models",
-            "example", "export", "serve"}
+            "example", "export", "serve", "report"}
 
 
 def _walk(parser: argparse.ArgumentParser, path: str = ""):

@@ -35,7 +35,8 @@ OTHER_COMMANDS = {"python3", ".", "pip", "python"}
 # What each command reads and writes, by its parsed argument names.
 READS = {"train": ("data", "validation_data", "config"), "predict": ("model", "input", "config"),
          "evaluate": ("model", "data", "predictions", "config"), "validate-data": ("data", "validation_data"),
-         "convert": ("source",), "run": ("job",), "status": ("run_dir",), "export": ("model",)}
+         "convert": ("source",), "run": ("job",), "status": ("run_dir",), "export": ("model",),
+         "report": ("folder",)}
 WRITES = ("output", "run_dir")
 
 
@@ -146,6 +147,7 @@ def test_readme_digits_commands_and_python_block_run_offline(tmp_path, monkeypat
     assert len(read_labeled_data(Path("runs/digits/images.jsonl"), Task.CLASSIFICATION).records) == 1797
     assert len(Path("runs/digits/predictions-3.jsonl").read_text().splitlines()) == 183
     assert len(list((data / "images" / "3").iterdir())) == 183
+    assert Path("runs/digits/report.html").stat().st_size > 50_000  # figures and the gallery embedded
 
     namespace: dict = {}
     exec(compile(PYTHON, "README.md python block", "exec"), namespace)

@@ -7,6 +7,7 @@ The Python API mirrors the ``visionsweep`` command::
     visionsweep.predict(result.run_dir, "images/", output="predictions.jsonl")
     metrics, report = visionsweep.evaluate(result.run_dir, data="val.jsonl")
     visionsweep.export(result.run_dir)  # model.onnx in the model folder (train writes one too)
+    visionsweep.report(result.run_dir)  # report.html in the run folder again (train writes one too)
     visionsweep.serve(result.run_dir, port=5001)  # an HTTP scoring endpoint; visionsweep.score is its client
 """
 from importlib import import_module
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "EvaluationResult": "visionsweep.api", "PredictionResult": "visionsweep.api", "convert": "visionsweep.api",
     "evaluate": "visionsweep.api", "export": "visionsweep.api", "predict": "visionsweep.api",
-    "validate_data": "visionsweep.api",
+    "report": "visionsweep.api", "validate_data": "visionsweep.api",
     "create_model": "visionsweep.models", "list_models": "visionsweep.models",
     "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",
     "serve": "visionsweep.serving.server", "score": "visionsweep.serving.client",

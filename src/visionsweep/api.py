@@ -1,6 +1,7 @@
 """The Python API; the ``visionsweep`` command is a thin layer over these functions."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from visionsweep.exporting.onnx_file import ONNX_FILE, OnnxExport, export_onnx
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.inputs import collect_inputs
+from visionsweep.inference.labeled_dataset import labeled_dataset_line
 from visionsweep.inference.model_folder import TrainedModel, load_trained_model
 from visionsweep.inference.prediction_files import scoring_summary
 from visionsweep.settings import resolve_settings
@@ -33,10 +35,13 @@ class PredictionResult:
     output: Path
     images: int
     report: DataReport
+    # The labelled-dataset file (predict's labeled_dataset), or None when none was asked for.
+    labeled_dataset: Path | None = None
 
 
 def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "predictions.jsonl",
-            settings: Mapping[str, Any] | None = None, runtime: str | None = None) -> PredictionResult:
+            settings: Mapping[str, Any] | None = None, runtime: str | None = None,
+            labeled_dataset: str | Path | None = None) -> PredictionResult:
     """Predict on an image, a folder of images, a JSONL file or an MLTable folder; write JSON Lines.
 
     ``model`` is a run folder, a model folder, a checkpoint, a sweep's run folder or an exported
@@ -44,27 +49,53 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     ``valid_resize_size``, ``box_score_thresh``). ``runtime`` is ``torch`` (the default) or
     ``onnxruntime``, which runs the model folder's ``model.onnx`` (the default for an ``.onnx`` file)
     and writes the same lines.
+
+    ``labeled_dataset`` also writes the reference's labelled-dataset file there (its
+    ``labeled_dataset.json``): the same images in the same order as ``output``, each as
+    ``{"image_url": "AmlDatastore://<filename>", "label_confidence": [...], "label": [...]}``
+    (``inference.labeled_dataset``).
     """
+    output = Path(output)
+    labeled = None if labeled_dataset is None else Path(labeled_dataset)
+    if labeled is not None:
+        _check_second_output(labeled, output)
     trained = load_model(model, settings, runtime)
     records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    written = [output] if labeled is None else [output, labeled]
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     try:
-        with output.open("w", encoding="utf-8") as out:
+        with output.open("w", encoding="utf-8") as out, \
+                (labeled.open("w", encoding="utf-8") if labeled else contextlib.nullcontext()) as labels_out:
             # exported mask images (export_as_image) go beside the predictions file
             options = {"mask_dir": output.parent / "masks"} if trained.task.predicts_masks else {}
             for line in _format(trained.task).predict_lines(trained, records, report, **options):
-                out.write(json.dumps(json_ready(line)) + "\n")
+                line = json_ready(line)
+                out.write(json.dumps(line) + "\n")
+                if labels_out is not None:
+                    labels_out.write(json.dumps(labeled_dataset_line(line)) + "\n")
                 count += 1
     except BaseException:
-        output.unlink(missing_ok=True)  # a file cut short would pass for a finished prediction
+        for path in written:  # a file cut short would pass for a finished prediction
+            path.unlink(missing_ok=True)
         raise
     report.images_checked = "decoded"  # each kept image was decoded to predict on; those that failed are skipped
     if count == 0:
-        output.unlink()  # an empty file would pass for a finished prediction
+        for path in written:  # an empty file would pass for a finished prediction
+            path.unlink()
         raise DataError(f"no image of {inputs} could be read, so there is nothing to predict on.\n{report.summary()}")
-    return PredictionResult(output=output, images=count, report=report)
+    return PredictionResult(output=output, images=count, report=report, labeled_dataset=labeled)
+
+
+def _check_second_output(path: Path, output: Path) -> None:
+    """A labelled-dataset path must be a file of its own: neither the predictions file nor a folder."""
+    if path.resolve() == output.resolve():
+        raise SettingsError([f"labeled_dataset: {path} is also the predictions file (output); give it another "
+                             "name, such as labeled_dataset.json beside the predictions"], context="argument")
+    if path.is_dir():
+        raise SettingsError([f"labeled_dataset: {path} is a folder; give a file path, such as "
+                             f"{path / 'labeled_dataset.json'}"], context="argument")
 
 
 @dataclass
@@ -177,6 +208,26 @@ def export(model: str | Path, output: str | Path | None = None, *, format: str =
 def convert(source_format: str, source: str | Path, output: str | Path, **options: Any) -> ImportResult:
     """Import annotations from another layout (``folder``, ``csv``, ...) into Azure JSONL."""
     return _convert(source_format, source, output, **options)
+
+
+def report(folder: str | Path, *, gallery_size: int = 24, score_threshold: float = 0.5) -> Path:
+    """Write ``report.html`` of a run folder or of a sweep folder again (docs/reports.md); returns its path.
+
+    A run report shows ``gallery_size`` validation images, worst first; ``score_threshold`` is for
+    detection: the predictions drawn and counted in the gallery, and the confusion matrix shown.
+    """
+    from visionsweep.sweep.best_model import is_sweep_folder
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; give a run folder (train --output) or a sweep folder")
+    if is_sweep_folder(folder):
+        from visionsweep.sweep.report import write_sweep_report
+
+        return write_sweep_report(folder)
+    from visionsweep.reports.run_report import write_run_report
+
+    return write_run_report(folder, gallery_size=gallery_size, score_threshold=score_threshold)
 
 
 def load_model(model: str | Path, settings: Mapping[str, Any] | None = None, runtime: str | None = None

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
                                        "(its best trial's model) or an exported .onnx file")
     predict.add_argument("input", help="an image, a folder of images, a JSONL file or an MLTable folder")
     predict.add_argument("--output", default="predictions.jsonl", help="predictions file (default: %(default)s)")
+    predict.add_argument("--labeled-dataset", metavar="PATH",
+                         help="also write the labelled-dataset file of Azure AutoML (its labeled_dataset.json): "
+                              "JSON Lines, one line per image of --output in the same order, with image_url "
+                              "(AmlDatastore://<filename>), label_confidence (the score of each box; for "
+                              "classification the probability of each class) and label (each box's corners, "
+                              "class and, for segmentation, polygon; for classification the class list)")
     _runtime_option(predict)
     _settings_options(predict)
     predict.set_defaults(handler=_predict)
@@ -170,6 +176,16 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the model names of a task (or of every task)")
     models.add_argument("--task", help=f"only this task, one of: {tasks}")
     models.set_defaults(handler=_models)
+
+    report = commands.add_parser("report", help="write report.html of a run folder or a sweep folder again "
+                                                "(docs/reports.md)")
+    report.add_argument("folder", help="a run folder (train --output) or a sweep folder (run --output)")
+    report.add_argument("--gallery-size", type=int, default=24,
+                        help="run report: how many validation images to show, worst first (default: %(default)s)")
+    report.add_argument("--score-threshold", type=float, default=0.5,
+                        help="run report of a detection model: the predictions drawn and counted in the gallery, "
+                             "and the confusion matrix shown (default: %(default)s)")
+    report.set_defaults(handler=_report)
 
     example = commands.add_parser("example", help="write a small bundled dataset and train on it end to end")
     example.add_argument("name", choices=["digits"], help="digits: scikit-learn's handwritten digits")
@@ -284,9 +300,12 @@ def _without_launch_options(argv: Sequence[str]) -> list[str]:
 def _predict(args: argparse.Namespace) -> int:
     from visionsweep import api
 
-    result = api.predict(args.model, args.input, output=args.output, settings=_settings(args), runtime=args.runtime)
+    result = api.predict(args.model, args.input, output=args.output, settings=_settings(args), runtime=args.runtime,
+                         labeled_dataset=args.labeled_dataset)
     log.info("%s", result.report.summary())
     log.info("wrote %d predictions to %s", result.images, result.output)
+    if result.labeled_dataset is not None:
+        log.info("wrote the labelled dataset of those predictions to %s", result.labeled_dataset)
     return 0
 
 
@@ -372,6 +391,13 @@ def _models(args: argparse.Namespace) -> int:
     tasks = [parse_task(args.task)] if args.task else list(Task)
     for task in tasks:
         print(f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from visionsweep.api import report
+
+    print(report(args.folder, gallery_size=args.gallery_size, score_threshold=args.score_threshold))
     return 0
 
 

@@ -118,6 +118,10 @@ class Settings(BaseModel):
         True, description="After training, write mlflow-model/ (an MLflow pyfunc model) in the model folder; a "
                           "sweep writes it into best_model/ only. Needs pip install 'visionsweep[mlflow]' (without "
                           "it, a log line); a failure is a warning, never a failed run.")
+    write_report: bool = Field(
+        True, description="After training, write report.html in the run folder (learning curves, per-class metrics, "
+                          "confusion matrix, precision/recall curves, validation images worst first; docs/reports.md). "
+                          "A failure is a warning, never a failed run.")
     apply_automl_train_augmentations: bool = Field(True, description="Use the built-in training augmentations.")
     pretrained: bool = Field(True, description="Start from pretrained weights; false trains from scratch.")
     pretrained_weights: Optional[str] = Field(

@@ -14,8 +14,8 @@ from pathlib import Path
 from visionsweep.errors import CheckpointError
 from visionsweep.sweep import attrs
 from visionsweep.sweep.leaderboard import BEST_MODEL_DIR, BEST_TRIAL_FILE, LeaderboardRow, best_row, leaderboard_rows
-from visionsweep.sweep.runner import SWEEP_FILE, TRIALS_DIR
-from visionsweep.sweep.status import open_sweep_study
+from visionsweep.sweep.runner import TRIALS_DIR
+from visionsweep.sweep.sweep_folder import SWEEP_FILE, open_sweep_study
 
 log = logging.getLogger("visionsweep")
 

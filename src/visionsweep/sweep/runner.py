@@ -25,10 +25,12 @@
   the study (``workers``), which is how ``status`` tells a live sweep from a killed one.
 * **Outputs** in the run folder: ``sweep.json`` (what ``status`` reads), ``job.yml`` (a copy),
   ``trials/trial_NNNN/`` (the trainer's output plus ``trial.json``, ``process.log``),
-  ``leaderboard.csv``, ``best_model/`` and ``best_trial.json``. With visionsweep's trainer the trials
-  run with ``save_mlflow`` false and the sweep writes ``best_model/mlflow-model/`` itself (when the best
-  trial's settings keep ``save_mlflow`` true): an MLflow model per trial would cost each trial an MLflow
-  import and a copy of its weights, for models that nobody serves.
+  ``leaderboard.csv``, ``best_model/``, ``best_trial.json`` and ``report.html`` with ``report_data/``
+  (the sweep report, ``sweep.report``: rewritten after every trial ends and at the end; a
+  failure to write it is one warning line). With visionsweep's trainer the trials run with
+  ``save_mlflow`` false and the sweep writes ``best_model/mlflow-model/`` itself (when the best
+  trial's settings keep ``save_mlflow`` true): an MLflow model per trial would cost each trial an
+  MLflow import and a copy of its weights, for models that nobody serves.
 
 The trainer is injectable (``trainer="package.module:function"`` or such a function); the default
 is the real one, ``visionsweep.train``. Its contract is in ``trial_process``.
@@ -75,12 +77,12 @@ from visionsweep.sweep.trial_checks import check_trials
 from visionsweep.sweep.trial_process import (
     LOG_FILE, RESULT_FILE, SPEC_FILE, STOP_FILE, classify_error, trainer_path, write_json_atomic,
 )
+from visionsweep.sweep.sweep_folder import SWEEP_FILE, read_sweep_file
 from visionsweep.sweep.workers import HEARTBEAT_S, STALE_AFTER_S, RunnerHeartbeat, notice_dead_runners
 
 DEFAULT_TRAINER = "visionsweep:train"
 # visionsweep.train by each name it can be given (a function passed is named by its module)
 _VISIONSWEEP_TRAINERS = frozenset({DEFAULT_TRAINER, "visionsweep.training:train", "visionsweep.training.run:train"})
-SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 _LOG_TAIL_LINES = 25
@@ -128,15 +130,6 @@ def run_sweep(job: Job, run_dir: str | Path, *, storage: str | None = None, stud
     return worker.run()
 
 
-def read_sweep_file(run_dir: str | Path) -> dict[str, Any]:
-    """The ``sweep.json`` of a run folder (raises ``SettingsError`` when it is not a sweep's folder)."""
-    path = Path(run_dir) / SWEEP_FILE
-    if not path.is_file():
-        raise SettingsError([f"{run_dir} is not a sweep run folder (no {SWEEP_FILE}); give the folder that "
-                             "'visionsweep run' wrote"], context="run folder")
-    return json.loads(path.read_text())
-
-
 @dataclass
 class _Running:
     trial: optuna.trial.Trial
@@ -167,6 +160,7 @@ class _Worker:
     stop_grace_s: float
     running: dict[int, _Running] = field(default_factory=dict)
     timed_out: bool = False
+    report_due: bool = False  # a trial ended since report.html was last written
 
     def run(self) -> SweepResult:
         self.devices = trial_devices(self.devices)
@@ -302,6 +296,8 @@ class _Worker:
                     # leaderboard and best model cover the whole sweep, and so that a trial whose
                     # worker dies is re-run here once it is found stale.
                     time.sleep(_IDLE_POLL_S)
+            if self.report_due:  # after launching the next trials, so that they start meanwhile
+                self._write_report()
             time.sleep(self.poll_interval_s)
 
     def _reap(self) -> None:
@@ -418,6 +414,7 @@ class _Worker:
         write_json_atomic(trial_dir / TRIAL_FILE, {"trial": trial.number, "config": trial.user_attrs.get(attrs.CONFIG),
                                                    "duration_s": round(duration, 3), **result})
         self.progress(_finish_line(trial.number, status, result, message, duration, self.job.primary_metric))
+        self.report_due = True
 
     def _killed_after_stop(self, running: _Running) -> dict[str, Any]:
         """A trial killed because it did not stop in time: cancelled, scored from its reports."""
@@ -533,8 +530,24 @@ class _Worker:
             status = trial_status(trial)
             counts[status] = counts.get(status, 0) + 1
         self.progress(f"leaderboard: {self.run_dir / LEADERBOARD_FILE}")
+        self._write_report(announce=True)
         return SweepResult(self.run_dir, str(self.study_name), self.plan.budget, rows, best, copied,
                            self.timed_out, counts)
+
+    def _write_report(self, *, announce: bool = False) -> None:
+        """Rewrite the sweep's ``report.html`` (``announce``: say where); a failure costs one progress line,
+        never the sweep."""
+        self.report_due = False
+        try:
+            from visionsweep.sweep.report import write_sweep_report  # matplotlib: imported once, here
+
+            path = write_sweep_report(self.run_dir, study=self.study)
+        except Exception as error:  # noqa: BLE001 - the report is a view of the sweep, not part of it
+            first = (str(error).strip().splitlines() or [""])[0]
+            self.progress(f"warning: the sweep report was not written ({type(error).__name__}: {first})")
+            return
+        if announce:
+            self.progress(f"report: {path}")
 
     def _best_gets_mlflow_model(self, best: LeaderboardRow) -> bool:
         """Whether ``best_model/`` gets an MLflow model: with visionsweep's trainer, when the best trial's

@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.trial import TrialState
 
 from visionsweep.errors import SettingsError
 from visionsweep.sweep import attrs
 from visionsweep.sweep.leaderboard import LeaderboardRow, best_row, format_leaderboard, leaderboard_rows
-from visionsweep.sweep.runner import read_sweep_file
 from visionsweep.sweep.slots import is_stale, slots_taken, trial_status
 from visionsweep.sweep.storage import journal_path, mask_url, open_storage
+from visionsweep.sweep.sweep_folder import open_sweep_study, read_sweep_file
 from visionsweep.sweep.workers import STALE_AFTER_S, RunnerRecord, runner_records
 
 
@@ -85,22 +84,6 @@ def sweep_status(run_dir: str | Path) -> SweepStatus:
                        budget, counts, rows, best_row(rows), finished, state,
                        [r for r in runners if r.state == "running" or (r.state == "dead" and r.noticed is None)],
                        lost, _resume_command(run_dir, record))
-
-
-def open_sweep_study(run_dir: str | Path) -> tuple[dict[str, Any], optuna.Study]:
-    """The ``sweep.json`` record of a run folder and its study, opened read-only in spirit (no
-    sampler state, nothing written). Raises ``SettingsError`` when the folder holds no sweep, or
-    its study is not in the storage yet."""
-    run_dir = Path(run_dir)
-    record = read_sweep_file(run_dir)
-    storage = open_storage(record.get("storage"), run_dir)
-    try:
-        study = optuna.load_study(study_name=record["study_name"], storage=storage,
-                                  sampler=optuna.samplers.RandomSampler())
-    except KeyError:
-        raise SettingsError([f"{run_dir}: study {record['study_name']!r} is not in its storage yet (the sweep has "
-                             "not started, or the storage is another one)"], context="run folder") from None
-    return record, study
 
 
 def format_status(status: SweepStatus, *, limit: int = 10) -> str:

@@ -10,6 +10,7 @@ Run folder layout (docs/training.md; ``run_folder`` decides what may be replaced
     RUN_DIR/checkpoints/         last.pt after every epoch (what resuming the run needs: the network's weights,
                                  optimizer, schedule, early stopping, the family's state, the random generators;
                                  ``visionsweep.training.resume``), epoch_N.pt every checkpoint_frequency epochs
+    RUN_DIR/report.html          the run report (learning curves, metrics, validation images), with report_data/*.csv
     RUN_DIR/model/               model.pt (best epoch), labels.json, settings.json, metrics.json, model.onnx
                                  (the best epoch exported, unless export_onnx is false), mlflow-model/
                                  (an MLflow pyfunc model, when save_mlflow and MLflow is installed)
@@ -42,6 +43,7 @@ from visionsweep.checkpoint import (
     load_for_incremental_training,
     save_checkpoint,
 )
+from visionsweep.console import console_progress
 from visionsweep.data.failures import UnreadableImages
 from visionsweep.data.jsonl import write_jsonl
 from visionsweep.data.loading import TrainingData
@@ -118,6 +120,13 @@ def train(
     True cancels the run, which then still ends with its best model folder written. ``label_column`` is the JSONL key holding
     the labels (an Azure job's ``target_column_name``).
 
+    ``progress`` (the default) shows the run on stderr while it trains: the lines ``visionsweep train``
+    prints (data reports, "training ...", one line per epoch, "finished ...") and, on a terminal, a bar
+    per epoch. ``progress=False`` shows neither. The lines are records of the "visionsweep" logger: when
+    the application has configured logging (a handler on that logger or the root logger), they go to
+    its handlers alone, whatever ``progress`` says; otherwise a handler on stderr is added for the call
+    and removed when it ends (``visionsweep.console``). The run's ``train.log`` has them either way.
+
     Settings, data, device, model and weights are all checked before anything is written, so a
     mistake in any of them leaves no run folder behind. An ``output`` folder that holds an earlier
     run is refused unless ``overwrite``, which replaces that run's files (``run_folder.RUN_FILES``).
@@ -144,7 +153,8 @@ def train(
     if point is None:
         run_dir = Path(output) if output is not None else _default_run_dir(settings)
         check_run_folder(run_dir, overwrite=overwrite)
-    with _RunLog() as run_log:
+    # The console shows rank 0's lines only (the rank is known from the launcher's environment already).
+    with console_progress(progress and ranks_from_environment("cpu").is_main), _RunLog() as run_log:
         # Every setting and the data are checked before the run folder exists: a user's mistake leaves
         # no half-made run behind, and validate-data runs the very same checks.
         prepared = prepare_run(task, data, validation_data, settings=settings, label_column=label_column)
@@ -335,11 +345,24 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
         _save_mlflow_model(model_dir)
     write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                             "epochs_count_from": 1, "metrics": result.best_metrics})
+    if settings.write_report:
+        _write_report(run_dir)
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
              settings.primary_metric, _format(result.best_score), result.best_epoch)
     return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
                        primary_metric=settings.primary_metric, best_score=result.best_score,
                        best_epoch=result.best_epoch, epochs_run=result.epochs_run, settings=settings)
+
+
+def _write_report(run_dir: Path) -> None:
+    from visionsweep.reports.run_report import write_run_report  # matplotlib: only for runs that write one
+
+    try:
+        path = write_run_report(run_dir)
+    except Exception as error:  # noqa: BLE001 - a report is never worth the trained model
+        log.warning("could not write the run report: %s: %s", type(error).__name__, error)
+    else:
+        log.info("report: %s", path)
 
 
 def _export_onnx(model: nn.Module, settings: Settings, classes: list[str], path: Path) -> None:
@@ -392,8 +415,12 @@ class _EpochRecorder:
             "primary_metric": self.settings.primary_metric, "primary_value": report.primary_value,
             "is_best": report.is_best, "best_epoch": report.best_epoch, "best_score": report.best_score,
             **report.training_metrics, "validation": scalar_metrics(report.metrics),
-            # per class (detection and segmentation) and the twelve COCO numbers, when computed
-            **{key: report.metrics[key] for key in ("per_label_metrics", "coco_metrics") if key in report.metrics},
+            # per class (detection and segmentation), the twelve COCO numbers and the VOC curves, image-level
+            # metrics and confusion matrices (evaluation/voc.py), when computed
+            **{key: report.metrics[key] for key in (
+                "per_label_metrics", "coco_metrics", "precisions_per_score_threshold", "recalls_per_score_threshold",
+                "image_level_binary_classifier_metrics", "confusion_matrices_per_score_threshold",
+            ) if key in report.metrics},
         }
         with self.metrics_file.open("a") as out:
             out.write(json.dumps(json_ready(line)) + "\n")
@@ -496,6 +523,7 @@ class _RunLog:
         self._held = _HeldRecords()
         self._file: logging.FileHandler | None = None
         self._propagate = log.propagate
+        self._level = log.level
 
     def __enter__(self) -> "_RunLog":
         log.addHandler(self._held)
@@ -521,6 +549,7 @@ class _RunLog:
     def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
         log.removeHandler(self._held)
         log.propagate = self._propagate
+        log.setLevel(self._level)
         if self._file is None:
             return
         if error is not None:

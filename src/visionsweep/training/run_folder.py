@@ -14,7 +14,7 @@ from pathlib import Path
 from visionsweep.errors import RunFolderError
 
 RUN_FILES = ("settings.json", "data_report.json", "train.jsonl", "validation.jsonl", "metrics.jsonl", "train.log",
-             "checkpoints", "model")
+             "checkpoints", "model", "report.html", "report_data")
 
 
 def check_run_folder(run_dir: Path, *, overwrite: bool) -> None:
