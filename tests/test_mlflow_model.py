@@ -252,10 +252,12 @@ def test_a_failed_write_is_a_warning_never_a_failed_run(classifier, tmp_path, mo
 
 @pytest.mark.slow
 def test_a_sweep_writes_the_mlflow_model_of_its_best_model_only(classifier, tmp_path, capsys):
-    """... and its best model folder holds the best trial's model.onnx, which ONNX Runtime predicts with."""
+    """... and its best model folder holds the best trial's model.onnx, which ONNX Runtime predicts with; the
+    run report too is the best trial's alone, linked from the sweep report."""
     data = Path(classifier[1][0]).parent.parent / "data.jsonl"
     job = tmp_path / "job.yml"
-    parameters = {**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True, "save_mlflow": True}
+    parameters = {**TINY_SETTINGS, "number_of_epochs": 1, "export_onnx": True, "save_mlflow": True,
+                  "write_report": True}
     job.write_text(f"""type: automl
 task: {CLS}
 training_data: {{path: {data}, type: uri_file}}
@@ -267,10 +269,15 @@ search_space:
 """)
     run = tmp_path / "run"
     assert main(["run", str(job), "--run-dir", str(run), "--devices", "cpu"]) == 0
-    assert f"MLflow model of the best trial written to {run / 'best_model' / 'mlflow-model'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"MLflow model of the best trial written to {run / 'best_model' / 'mlflow-model'}" in out
     trials = sorted((run / "trials").iterdir())
     assert len(trials) == 2 and not any((trial / "model" / "mlflow-model").exists() for trial in trials)
     assert all(json.loads((trial / "settings.json").read_text())["save_mlflow"] is False for trial in trials)
+    best = run / "trials" / f"trial_{json.loads((run / 'best_trial.json').read_text())['trial']:04d}"
+    assert f"run report of the best trial written to {best / 'report.html'}" in out
+    assert [trial for trial in trials if (trial / "report.html").exists()] == [best]
+    assert f'href="trials/{best.name}/report.html"' in (run / "report.html").read_text()
     model = mlflow.pyfunc.load_model(str(run / "best_model" / "mlflow-model"))
     images = classifier[1][:2]
     answer = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in images]}))

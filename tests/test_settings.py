@@ -53,6 +53,7 @@ CASES = {
     "enable_onnx_normalization": ((CLS, "resnet18"), True, None, "x"),
     "export_onnx": ((CLS, "resnet18"), False, None, "x"),
     "save_mlflow": ((CLS, "resnet18"), False, None, "x"),
+    "write_report": ((CLS, "resnet18"), False, None, "x"),
     "apply_automl_train_augmentations": ((CLS, "resnet18"), False, None, "x"),
     "pretrained": ((CLS, "resnet18"), False, None, "x"),
     "pretrained_weights": ((CLS, "resnet18"), "w.pth", None, 3),

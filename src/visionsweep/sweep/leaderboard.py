@@ -1,5 +1,5 @@
-"""The leaderboard of a sweep (printed table and CSV file), the copy of the best trial's model and its
-MLflow model.
+"""The leaderboard of a sweep (printed table and CSV file), the copy of the best trial's model, its
+MLflow model and its run report.
 
 Rows come from the study, so any worker, and ``status``, can build the same board. Order:
 trials with a score (completed, early-stopped and cancelled, which keep their best checkpoint)
@@ -157,6 +157,22 @@ def write_best_mlflow_model(best_model_dir: Path) -> str:
         return (f"warning: {best_model_dir / MLFLOW_MODEL_DIR} was not written ({type(error).__name__}: {error}); "
                 f"'visionsweep export {best_model_dir} --format mlflow' can retry")
     return f"MLflow model of the best trial written to {written.path}"
+
+
+def write_best_run_report(row: LeaderboardRow) -> str:
+    """Write the best trial's ``report.html`` in its folder (the trials write none: ``runner``); returns a
+    one-line message. A folder on another machine, or any failure, leaves the sweep as it is."""
+    from visionsweep.reports.run_report import write_run_report  # torch and matplotlib: only here
+
+    folder = Path(row.trial_dir) if row.trial_dir else None
+    if folder is None or not (folder / "settings.json").is_file():
+        return f"best trial {row.trial}'s folder {row.trial_dir} is not on this machine: no run report written"
+    try:
+        path = write_run_report(folder)
+    except Exception as error:  # noqa: BLE001 - the report is a view of the trial, not part of the sweep
+        return (f"warning: the best trial's run report was not written ({type(error).__name__}: {error}); "
+                f"'visionsweep report {folder}' can retry")
+    return f"run report of the best trial written to {path}"
 
 
 def _sort_key(row: LeaderboardRow) -> tuple[int, float, int]:

@@ -28,9 +28,10 @@
   ``leaderboard.csv``, ``best_model/``, ``best_trial.json`` and ``report.html`` with ``report_data/``
   (the sweep report, ``sweep.report``: rewritten after every trial ends and at the end; a
   failure to write it is one warning line). With visionsweep's trainer the trials run with
-  ``save_mlflow`` false and the sweep writes ``best_model/mlflow-model/`` itself (when the best
-  trial's settings keep ``save_mlflow`` true): an MLflow model per trial would cost each trial an
-  MLflow import and a copy of its weights, for models that nobody serves.
+  ``save_mlflow`` and ``write_report`` false and the sweep writes ``best_model/mlflow-model/`` and the
+  best trial's ``report.html`` itself (when the best trial's settings keep them true): an MLflow model
+  and a run report per trial would cost each trial an MLflow import and a copy of its weights, and a
+  prediction pass over the validation images, for trials that nobody looks at.
 
 The trainer is injectable (``trainer="package.module:function"`` or such a function); the default
 is the real one, ``visionsweep.train``. Its contract is in ``trial_process``.
@@ -63,7 +64,7 @@ from visionsweep.sweep.launch import TRIAL_ENTRY, python_command
 from visionsweep.sweep.trial_process import RESUME_STATE
 from visionsweep.sweep.leaderboard import (
     LEADERBOARD_FILE, LeaderboardRow, best_row, copy_best_model, format_leaderboard, leaderboard_rows,
-    write_best_mlflow_model, write_leaderboard,
+    write_best_mlflow_model, write_best_run_report, write_leaderboard,
 )
 from visionsweep.sweep.plan import SweepPlan, plan_sweep
 from visionsweep.sweep.policies import make_pruner
@@ -331,7 +332,8 @@ class _Worker:
         trial.set_user_attr(attrs.SUBSPACE, sample.subspace)
         settings = merge_settings(self.job.base_settings(), sample.values)
         if self.trainer in _VISIONSWEEP_TRAINERS:
-            settings["save_mlflow"] = False  # the sweep writes best_model/mlflow-model/ (_wrap_up)
+            # The sweep writes best_model/mlflow-model/ and the best trial's report.html (_wrap_up).
+            settings["save_mlflow"] = settings["write_report"] = False
         trial_dir.mkdir(parents=True, exist_ok=True)
         try:
             resolve_settings(self.job.task, settings)
@@ -521,8 +523,10 @@ class _Worker:
         if best is not None:
             copied, message = copy_best_model(best, self.run_dir, metric)
             self.progress(message)
-            if copied is not None and self._best_gets_mlflow_model(best):
+            if copied is not None and self._best_keeps(best, "save_mlflow"):
                 self.progress(write_best_mlflow_model(copied))
+            if self._best_keeps(best, "write_report"):
+                self.progress(write_best_run_report(best))
         else:
             self.progress("no trial reached a score; nothing to copy to best_model/")
         counts: dict[str, int] = {}
@@ -549,12 +553,13 @@ class _Worker:
         if announce:
             self.progress(f"report: {path}")
 
-    def _best_gets_mlflow_model(self, best: LeaderboardRow) -> bool:
-        """Whether ``best_model/`` gets an MLflow model: with visionsweep's trainer, when the best trial's
-        settings, before the sweep turned ``save_mlflow`` off for the trial, keep it on."""
+    def _best_keeps(self, best: LeaderboardRow, setting: str) -> bool:
+        """Whether the best trial's settings keep ``setting`` (save_mlflow, write_report) on, before the sweep
+        turned it off for the trial: with visionsweep's trainer, the sweep then does that work for the best
+        trial alone."""
         if self.trainer not in _VISIONSWEEP_TRAINERS:
             return False
-        return resolve_settings(self.job.task, merge_settings(self.job.base_settings(), best.config)).save_mlflow
+        return getattr(resolve_settings(self.job.task, merge_settings(self.job.base_settings(), best.config)), setting)
 
 
 def _stored_plan(storage: Any, study_name: str) -> dict[str, Any] | None:
