@@ -281,6 +281,7 @@ def test_settings_files_over_one_mib_and_recursive_aliases_are_refused(tmp_path)
     (CLS, "seed", 4_294_967_295, {}),
     (OD, "box_detections_per_img", 10_000, RCNN),
     ("image_instance_segmentation", "max_number_of_polygon_points", 10_000, {}),
+    (CLS, "n_steps", 1000, {}),
 ])
 def test_every_size_and_count_setting_has_a_maximum(task, key, largest, base):
     model = {"model_name": "resnet18"} if task in (CLS, ML) else {}

@@ -1,6 +1,7 @@
 """The scoring server (``visionsweep serve``) as its users meet it: a real server process on a free
 loopback port, real HTTP requests. Every body form and task family answers what ``visionsweep.predict``
-writes for the same images; per-request settings; every kind of bad input is a 4xx naming the problem
+writes for the same images; per-request settings; explained requests (the reference's
+``model_explainability`` and ``xai_parameters``); every kind of bad input is a 4xx naming the problem
 and the server goes on; the API key; dynamic batching under 50 concurrent requests; the ONNX Runtime
 runtime; worker processes; a graceful stop on SIGTERM. The batcher, the R-CNN per-request limits and the
 start-up errors are also checked in process."""
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from io import BytesIO
 from typing import Any, Iterator
 
 import numpy as np
@@ -332,8 +334,27 @@ BAD_REQUESTS = [
     ("an index of another length", lambda s: s.score({"input_data": {"index": [0], "data": ["AAAA", "AAAA"]}}),
      422, "\"input_data.index\" must be a list as long"),
     ("an image not a string", lambda s: s.score({"image": 12}), 422, "must be a base64 string, not int"),
-    ("an unknown key", lambda s: s.score({"image": "AAAA", "model_explainability": True}), 422,
-     "unknown key(s) 'model_explainability'"),
+    ("an unknown key", lambda s: s.score({"image": "AAAA", "explain": True}), 422, "unknown key(s) 'explain'"),
+    ("an unknown xai_parameters option", lambda s: s.score({"image": "AAAA", "model_explainability": True,
+                                                            "xai_parameters": {"steps": 4}}), 422,
+     "unknown xai_parameters option(s) 'steps' in the JSON body; the options are xai_algorithm, visualizations"),
+    ("n_steps below 2", lambda s: s.score({"image": "AAAA", "model_explainability": True,
+                                           "xai_parameters": {"n_steps": 1}}), 422,
+     "n_steps: got 1; Input should be greater than or equal to 2"),
+    ("an unknown approximation method", lambda s: s.score({"image": "AAAA", "model_explainability": True,
+                                                           "xai_parameters": {"approximation_method": "simpson"}}),
+     422, "approximation_method: got 'simpson'; Input should be 'riemann_right'"),
+    ("model_explainability not a boolean", lambda s: s.score({"image": "AAAA", "model_explainability": "maybe"}),
+     422, "model_explainability: got 'maybe'; Input should be a valid boolean"),
+    ("xai_parameters not an object", lambda s: s.score({"image": "AAAA", "xai_parameters": [1]}), 422,
+     "\"xai_parameters\" in the JSON body must be an object of explanation options"),
+    ("rows asking for other explanation options", lambda s: s.score({"input_data": {"data": [
+        json.dumps({"image_base64": "AAAA", "model_explainability": True}),
+        json.dumps({"image_base64": "AAAA", "model_explainability": False})]}}), 422,
+     "\"input_data.data[1]\" asks for other explanation options than input_data.data[0]"),
+    ("an explanation option given twice", lambda s: s.score({"image": "AAAA", "model_explainability": True,
+                                                             "parameters": {"model_explainability": True}}), 422,
+     "model_explainability: given both as a setting and in the request's model_explainability/xai_parameters"),
     ("a body over the limit", lambda s: s.request("POST", "/score", b"\0" * (3 * 2**20), "image/png"), 413,
      "over this server's limit of 1 MiB"),
     ("an image over the pixel limit", lambda s: s.score(png((40, 40))), 413, "image too large"),
@@ -365,6 +386,36 @@ def test_a_bad_request_is_a_4xx_naming_the_problem_and_the_server_goes_on(classi
         assert any("input_data" in shape for shape in answer.body["expected"])
     good = classifier_server.score(classifier[1][0].read_bytes())
     assert good.status == 200 and len(good.body) == 1
+    assert "Traceback" not in classifier_server.log_text()
+
+
+def _explained(answer: Answer, attributions: bool = True) -> dict[str, Any]:
+    assert answer.status == 200, answer.body
+    [item] = answer.body
+    assert list(item) == ["probs", "labels", "visualizations", "attributions"]
+    if item["visualizations"] is not None:
+        assert Image.open(BytesIO(base64.b64decode(item["visualizations"], validate=True))).format == "PNG"
+    if attributions:
+        assert np.asarray(item["attributions"], dtype=np.float32).shape == (3, 32, 32)  # [3][crop][crop]
+    return item
+
+
+def test_an_explained_request_answers_the_references_visualizations_and_attributions(classifier_server,
+                                                                                      classifier):
+    image = base64.b64encode(classifier[1][0].read_bytes()).decode()
+    plain = classifier_server.score({"image": image}).body[0]
+    xai = {"xai_algorithm": "integrated_gradients", "n_steps": 4, "attributions": True}
+    # The reference's online request; its model_explainability is "bool-like".
+    item = _explained(classifier_server.score({"image": image, "model_explainability": "True", "xai_parameters": xai}))
+    assert item["visualizations"] is not None
+    assert item["labels"] == plain["labels"]
+    np.testing.assert_allclose(item["probs"], plain["probs"], atol=1e-6)
+    # The managed endpoint's body with the reference's MLflow rows: the options are the first row's.
+    rows = {"input_data": {"columns": ["image"], "data": [json.dumps({
+        "image_base64": image, "model_explainability": True, "xai_parameters": {**xai, "visualizations": False}})]}}
+    again = _explained(classifier_server.score(rows))
+    assert again["visualizations"] is None
+    np.testing.assert_allclose(again["attributions"], item["attributions"], rtol=1e-5, atol=1e-7)  # seeded
     assert "Traceback" not in classifier_server.log_text()
 
 
@@ -413,6 +464,15 @@ def test_detection_answers_what_predict_writes_one_by_one_and_concurrently(yolo_
     assert list(item) == ["box", "label", "score"] and list(item["box"]) == ["topX", "topY", "bottomX", "bottomY"]
     assert all(0.0 <= value <= 1.0 for value in item["box"].values())
     assert yolo_server.request("GET", "/ready").body["task"] == "image_object_detection"
+
+
+def test_explaining_a_detection_is_refused_saying_explainability_is_for_classification(yolo_server, yolo):
+    image = base64.b64encode(yolo[1][0].read_bytes()).decode()
+    answer = yolo_server.score({"image": image, "model_explainability": True, "xai_parameters": {"n_steps": 4}})
+    assert answer.status == 422
+    assert "model_explainability: does not apply to image_object_detection" in answer.body["error"]
+    assert "explainability is for classification models only" in answer.body["error"]
+    assert yolo_server.score({"image": image}).status == 200
 
 
 def test_a_higher_box_score_thresh_per_request_gives_fewer_boxes(yolo_server, yolo, tmp_path):
@@ -586,6 +646,9 @@ def test_onnxruntime_serves_what_predict_writes_with_onnxruntime(classifier, tmp
         answers = concurrently([lambda path=path: server.score(path.read_bytes()) for path in images[:4]], 4)
         assert_same_probs([answer.body[0] for answer in answers], expected)
         assert_same_probs(server.score(managed_body([path.read_bytes() for path in images[:4]])).body, expected)
+        explained = server.score(managed_body([images[0].read_bytes()], parameters={"model_explainability": True}))
+        assert explained.status == 422 and "the onnxruntime runtime runs only the exported ONNX graph" in \
+            explained.body["error"]
 
 
 @pytest.mark.slow

@@ -94,6 +94,14 @@ CASES = {
     "max_number_of_polygon_points": ((IS, None), 50, 2, "x"),
     "export_as_image": ((IS, None), True, None, "x"),
     "image_type": ((IS, None), "PNG", "gif", 1),
+    "model_explainability": ((CLS, "resnet18"), True, None, "x"),
+    "xai_algorithm": ((ML, "resnet18"), "integrated_gradients", "lime", 1),
+    "visualizations": ((CLS, "resnet18"), False, None, "x"),
+    "attributions": ((CLS, "resnet18"), True, None, "x"),
+    "confidence_score_threshold_multilabel": ((ML, "resnet18"), 0.3, 1.5, "x"),
+    "n_steps": ((CLS, "resnet18"), 4, 1, 2.5),
+    "approximation_method": ((CLS, "resnet18"), "gausslegendre", "simpson", 1),
+    "xrai_fast": ((CLS, "resnet18"), False, None, "x"),
 }
 
 

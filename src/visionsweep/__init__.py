@@ -5,6 +5,7 @@ The Python API mirrors the ``visionsweep`` command::
     import visionsweep
     result = visionsweep.train("image_classification", "train.jsonl", settings={"model_name": "resnet18"})
     visionsweep.predict(result.run_dir, "images/", output="predictions.jsonl")
+    visionsweep.explain(result.run_dir, "images/", settings={"xai_algorithm": "integrated_gradients"})  # + heat maps
     metrics, report = visionsweep.evaluate(result.run_dir, data="val.jsonl")
     visionsweep.export(result.run_dir)  # model.onnx in the model folder (train writes one too)
     visionsweep.report(result.run_dir)  # report.html in the run folder again (train writes one too)
@@ -30,7 +31,8 @@ __version__ = "0.1.0"
 # or a settings check should not pay for them.
 _LAZY = {
     "EvaluationResult": "visionsweep.api", "PredictionResult": "visionsweep.api", "convert": "visionsweep.api",
-    "evaluate": "visionsweep.api", "export": "visionsweep.api", "predict": "visionsweep.api",
+    "evaluate": "visionsweep.api", "explain": "visionsweep.api", "export": "visionsweep.api",
+    "predict": "visionsweep.api",
     "report": "visionsweep.api", "validate_data": "visionsweep.api",
     "create_model": "visionsweep.models", "list_models": "visionsweep.models",
     "Settings": "visionsweep.settings", "resolve_settings": "visionsweep.settings",

@@ -19,6 +19,7 @@ from visionsweep.exporting.mlflow_model import MlflowModelExport, write_mlflow_m
 from visionsweep.exporting.onnx_file import ONNX_FILE, OnnxExport, export_onnx
 from visionsweep.inference import classification as classification_inference
 from visionsweep.inference import detection as detection_inference
+from visionsweep.inference.explanations import check_explainable
 from visionsweep.inference.inputs import collect_inputs
 from visionsweep.inference.labeled_dataset import labeled_dataset_line
 from visionsweep.inference.model_folder import TrainedModel, load_trained_model
@@ -54,12 +55,16 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
     ``labeled_dataset.json``): the same images in the same order as ``output``, each as
     ``{"image_url": "AmlDatastore://<filename>", "label_confidence": [...], "label": [...]}``
     (``inference.labeled_dataset``).
+
+    A classifier with ``model_explainability`` true (in ``settings`` or its training run's) also explains
+    each prediction: see ``explain``.
     """
     output = Path(output)
     labeled = None if labeled_dataset is None else Path(labeled_dataset)
     if labeled is not None:
         _check_second_output(labeled, output)
     trained = load_model(model, settings, runtime)
+    check_explainable(trained.settings, onnx=trained.model is None)  # before any input is read
     records, report = collect_inputs(inputs, max_image_pixels=trained.settings.max_image_pixels)
     written = [output] if labeled is None else [output, labeled]
     for path in written:
@@ -86,6 +91,33 @@ def predict(model: str | Path, inputs: str | Path, *, output: str | Path = "pred
             path.unlink()
         raise DataError(f"no image of {inputs} could be read, so there is nothing to predict on.\n{report.summary()}")
     return PredictionResult(output=output, images=count, report=report, labeled_dataset=labeled)
+
+
+def explain(model: str | Path, inputs: str | Path, *, output: str | Path = "explanations.jsonl",
+            settings: Mapping[str, Any] | None = None, runtime: str | None = None,
+            labeled_dataset: str | Path | None = None) -> PredictionResult:
+    """``predict`` with ``model_explainability`` on: each line of ``output`` also says which pixels made a
+    classifier give its answer, in the reference's fields (docs/explainability.md):
+
+    * ``visualizations``: the 2 x 2 figure (image, heat map, blend, top 30 % of pixels) as a base64 PNG;
+    * ``attributions``: the attribution array, nested lists ``[3][crop][crop]`` (with ``attributions`` true).
+
+    A multi-class model explains its top class. A multi-label model explains each class whose probability is
+    above ``confidence_score_threshold_multilabel``: both fields are then lists, one entry per such class,
+    or None when no class is above it. The options are settings, given in ``settings`` by name, e.g.
+    ``{"xai_algorithm": "integrated_gradients", "n_steps": 20, "attributions": True}``: ``xai_algorithm``
+    (``xrai``, ``integrated_gradients``, ``guided_backprop``, ``guided_gradcam``), ``visualizations``,
+    ``attributions``, ``confidence_score_threshold_multilabel``, ``n_steps``, ``approximation_method``,
+    ``xrai_fast`` (docs/settings.md). Explaining takes gradients through the torch network: ``runtime``
+    ``onnxruntime`` and an ``.onnx`` file are refused, and so is a detection model. ``model``, ``inputs``,
+    ``runtime`` and ``labeled_dataset`` are as for ``predict``.
+    """
+    given = dict(settings or {})
+    if given.get("model_explainability", True) is not True:
+        raise SettingsError([f"model_explainability: got {given['model_explainability']!r}; explain always explains "
+                             "(leave it out), and predict predicts without explanations"], context="argument")
+    return predict(model, inputs, output=output, settings={**given, "model_explainability": True}, runtime=runtime,
+                   labeled_dataset=labeled_dataset)
 
 
 def _check_second_output(path: Path, output: Path) -> None:

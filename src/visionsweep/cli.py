@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="its rendezvous port (default: a free port with one machine, 29500 with several)")
     train.set_defaults(handler=_train, check_arguments=lambda args: _check_train_arguments(train, args))
 
-    predict = commands.add_parser("predict", help="predict with a trained model; writes JSON Lines")
+    predict = commands.add_parser(
+        "predict", help="predict with a trained model; writes JSON Lines",
+        epilog="A classifier also explains each prediction with --set model_explainability=true (options: "
+               "xai_algorithm, n_steps, attributions ...; docs/explainability.md).")
     predict.add_argument("model", help="a run folder, a model folder, a checkpoint file, a sweep's run folder "
                                        "(its best trial's model) or an exported .onnx file")
     predict.add_argument("input", help="an image, a folder of images, a JSONL file or an MLTable folder")

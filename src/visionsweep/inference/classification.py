@@ -2,7 +2,8 @@
 
 A prediction line is ``{"filename": ..., "probs": [p_0, ..., p_C-1], "labels": [all class names]}``:
 ``probs`` are softmax (multi-class) or sigmoid (multi-label) values aligned with ``labels``, which
-is the model's full class list in index order (not the predicted classes).
+is the model's full class list in index order (not the predicted classes). With ``model_explainability``
+a line also carries ``visualizations`` and ``attributions`` (``inference.explanations``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from visionsweep.errors import DataError
 from visionsweep.evaluation.classification import classification_metrics
 from visionsweep.families.classification import ImageScores
 from visionsweep.families.classification.dataset import ClassificationDataset
+from visionsweep.inference.explanations import Explainer, check_explainable
 from visionsweep.inference.inputs import known_class_records
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.inference.prediction_files import (
@@ -48,10 +50,19 @@ def predict_probabilities(trained: TrainedModel, records: Sequence[ImageRecord],
 
 
 def predict_lines(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> Iterator[dict[str, Any]]:
-    """One scoring-format line per readable image."""
+    """One scoring-format line per readable image; with ``model_explainability`` each line also has the
+    reference's ``visualizations`` and ``attributions`` (``inference.explanations``)."""
+    explainer = None
+    if trained.settings.model_explainability:
+        check_explainable(trained.settings, onnx=trained.model is None)  # before any image is read
+        assert trained.model is not None
+        explainer = Explainer(trained.model, trained.settings, trained.labels, trained.device)
     kept, probabilities, _ = predict_probabilities(trained, records, report)
     for record, probs in zip(kept, probabilities):
-        yield {"filename": record.image_url, "probs": [float(p) for p in probs], "labels": list(trained.labels)}
+        line = {"filename": record.image_url, "probs": [float(p) for p in probs], "labels": list(trained.labels)}
+        if explainer is not None:
+            line.update(explainer.fields(record, probs))
+        yield line
 
 
 def evaluate_model(trained: TrainedModel, records: Sequence[ImageRecord], report: DataReport) -> dict[str, Any]:

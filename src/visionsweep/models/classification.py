@@ -2,7 +2,9 @@
 
 Every builder returns a network whose classifier has ``num_classes`` outputs (logits); the same
 network serves multi-class (softmax) and multi-label (sigmoid) training. Pretrained weights are
-ImageNet weights of the same architecture.
+ImageNet weights of the same architecture. Each convolutional model names the module whose last child
+guided Grad-CAM explains (``gradcam_module``: the last block of ``layer4``, or ``features``' last layer);
+the ViTs have none.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ def _timm(name: str) -> WeightsSource:
 
 def _resnet(name: str, weights: Any):
     def register(builder):
-        return register_model(name, layer_groups=_RESNET_GROUPS,
-                              weights=_torchvision(weights), head_prefixes=("fc.",))(builder)
+        return register_model(name, layer_groups=_RESNET_GROUPS, weights=_torchvision(weights),
+                              head_prefixes=("fc.",), gradcam_module="layer4")(builder)
     return register
 
 
@@ -63,20 +65,21 @@ def resnet152(num_classes: int) -> nn.Module:
 
 
 @register_model("mobilenetv2", layer_groups=_MOBILENET_GROUPS,
-                weights=_torchvision(tvm.MobileNet_V2_Weights.IMAGENET1K_V1), head_prefixes=("classifier.",))
+                weights=_torchvision(tvm.MobileNet_V2_Weights.IMAGENET1K_V1), head_prefixes=("classifier.",),
+                gradcam_module="features")
 def mobilenetv2(num_classes: int) -> nn.Module:
     return tvm.mobilenet_v2(num_classes=num_classes)
 
 
 # ResNeSt-50/101 as in the resnest package: deep stem and average-pool downsampling (timm's "d" and "e").
 @register_model("resnest50", layer_groups=_RESNET_GROUPS,
-                weights=_timm("resnest50d"), head_prefixes=("fc.",))
+                weights=_timm("resnest50d"), head_prefixes=("fc.",), gradcam_module="layer4")
 def resnest50(num_classes: int) -> nn.Module:
     return timm.create_model("resnest50d", num_classes=num_classes)
 
 
 @register_model("resnest101", layer_groups=_RESNET_GROUPS,
-                weights=_timm("resnest101e"), head_prefixes=("fc.",))
+                weights=_timm("resnest101e"), head_prefixes=("fc.",), gradcam_module="layer4")
 def resnest101(num_classes: int) -> nn.Module:
     return timm.create_model("resnest101e", num_classes=num_classes)
 
@@ -84,7 +87,7 @@ def resnest101(num_classes: int) -> nn.Module:
 # SE-ResNeXt-50 32x4d. timm names the stem conv1/bn1 where the reference's library said layer0; timm's
 # global pooling also takes any input size, where the reference was fixed to 224.
 @register_model("seresnext", layer_groups=_RESNET_GROUPS,
-                weights=_timm("seresnext50_32x4d"), head_prefixes=("fc.",))
+                weights=_timm("seresnext50_32x4d"), head_prefixes=("fc.",), gradcam_module="layer4")
 def seresnext(num_classes: int) -> nn.Module:
     return timm.create_model("seresnext50_32x4d", num_classes=num_classes)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from visionsweep.errors import SettingsError
+from visionsweep.settings.schema import XAI_ALGORITHMS
 from visionsweep.model_catalog import FAMILY_TASKS, MODEL_FAMILIES
 from visionsweep.models.freezing import freeze_layer_groups
 from visionsweep.models.weights import WeightsSource, load_pretrained
@@ -33,7 +34,9 @@ class ModelSpec:
     ``head_prefixes`` name the class-dependent layers that pretrained weights never fill;
     ``adapt_pretrained`` reshapes a pretrained state dict to the built model (e.g. a ViT's
     position embedding for another input size). ``weights`` is one source, or a function choosing it
-    from the settings (see ``weights_source``).
+    from the settings (see ``weights_source``). ``gradcam_module`` names the module whose last child is
+    the layer guided Grad-CAM explains (the last block of the backbone: ``gradcam_layer``); None for a
+    model without one (a vision transformer), which guided Grad-CAM cannot explain.
     """
 
     name: str
@@ -44,6 +47,7 @@ class ModelSpec:
     head_prefixes: tuple[str, ...] = ()
     adapt_pretrained: StateAdapter | None = None
     builder_args: tuple[str, ...] = field(default=())
+    gradcam_module: str | None = None
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -64,9 +68,11 @@ def register_model(
     weights: WeightsChoice = None,
     head_prefixes: tuple[str, ...] = (),
     adapt_pretrained: StateAdapter | None = None,
+    gradcam_module: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes, **settings_it_needs) -> nn.Module`` under ``name``, a name of the
-    catalog; registering a name twice is an error (the second would silently replace the first)."""
+    catalog; registering a name twice is an error (the second would silently replace the first).
+    ``gradcam_module``: see ``ModelSpec``."""
     if name not in MODEL_FAMILIES:
         raise ValueError(f"register_model: {name!r} is not in the model catalog; add it with its family to "
                          "visionsweep/model_catalog.py")
@@ -76,7 +82,7 @@ def register_model(
     def decorate(builder: Builder) -> Builder:
         parameters = list(inspect.signature(builder).parameters)
         _REGISTRY[name] = ModelSpec(name, MODEL_FAMILIES[name], builder, layer_groups, weights, head_prefixes,
-                                    adapt_pretrained, tuple(parameters[1:]))
+                                    adapt_pretrained, tuple(parameters[1:]), gradcam_module)
         return builder
 
     return decorate
@@ -99,6 +105,34 @@ def get_model_spec(name: str) -> ModelSpec:
         return _REGISTRY[name]
     except KeyError:
         raise SettingsError([f"model_name: {name!r} has no builder; available: {', '.join(list_models())}"]) from None
+
+
+GUIDED_GRADCAM = "guided_gradcam"  # the explanation method that needs a model's Grad-CAM layer
+
+
+def gradcam_layer(spec: ModelSpec, model: nn.Module) -> nn.Module | None:
+    """The layer of ``model`` (built from ``spec``) that guided Grad-CAM explains: the last child of the
+    module ``spec.gradcam_module`` names (``layer4``'s last block, ``features``' last layer); None when
+    the model has none."""
+    if spec.gradcam_module is None:
+        return None
+    children = list(model.get_submodule(spec.gradcam_module).children())
+    if not children:
+        raise ValueError(f"{spec.name}: its gradcam_module {spec.gradcam_module!r} has no child module")
+    return children[-1]
+
+
+def explanation_problem(model_name: str, algorithm: str) -> str | None:
+    """Why explanation method ``algorithm`` cannot explain ``model_name`` (a ``xai_algorithm: ...`` line
+    naming the methods that can), or None when it can. Only guided Grad-CAM needs something of the
+    model: a convolutional layer (``gradcam_module``)."""
+    if algorithm != GUIDED_GRADCAM or get_model_spec(model_name).gradcam_module is not None:
+        return None
+
+    others = [name for name in XAI_ALGORITHMS if name != GUIDED_GRADCAM]
+    return (f"xai_algorithm: {algorithm} does not support {model_name}: Grad-CAM takes the gradient at a "
+            f"convolutional layer, and {model_name} has none (a vision transformer); the methods that support "
+            f"{model_name} are {', '.join(others[:-1])} and {others[-1]}")
 
 
 def build_model(

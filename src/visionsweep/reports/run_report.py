@@ -255,8 +255,10 @@ def _score_validation_images(run: RunFiles, score_threshold: float
     try:  # images deleted since, a model folder cut short: the rest of the report is still worth having
         data = read_labeled_data(validation, run.task, max_image_pixels=run.settings.get(
             "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
-        trained = load_trained_model(run.path / "model", overrides={"export_as_image": False}
-                                     if run.task.predicts_masks else None)
+        # the gallery needs the predictions only: no mask files, no explanations (model_explainability)
+        overrides = {"export_as_image": False} if run.task.predicts_masks else (
+            {"model_explainability": False} if run.task.is_classification else None)
+        trained = load_trained_model(run.path / "model", overrides=overrides)
         inference = classification_inference if run.task.is_classification else detection_inference
         lines = list(inference.predict_lines(trained, data.records, DataReport(source=str(validation))))
     except VisionSweepError as error:

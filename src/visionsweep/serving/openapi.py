@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from visionsweep.serving.requests import IMAGE_BODY, MANAGED_BODY
+from visionsweep.serving.requests import EXPLAINED_BODY, IMAGE_BODY, MANAGED_BODY, XAI_PARAMETERS
 from visionsweep.serving.scoring import REQUEST_SETTINGS
 
 _PARAMETERS = {"type": "object", "description": "Settings for this request (instead of query parameters): "
                                                + ", ".join(REQUEST_SETTINGS)}
-_IMAGE = {"type": "object", "required": ["image"], "title": "One image", "description": IMAGE_BODY,
+_IMAGE = {"type": "object", "required": ["image"], "title": "One image",
+          "description": f"{IMAGE_BODY}; explained (a classifier): {EXPLAINED_BODY}",
           "properties": {"image": {"type": "string", "description": "the image file's bytes, base64"},
-                         "parameters": _PARAMETERS}}
+                         "parameters": _PARAMETERS,
+                         "model_explainability": {"description": "explain the prediction (classification; true, "
+                                                                 "\"true\", 1 ...); docs/explainability.md"},
+                         "xai_parameters": {"type": "object", "description": "explanation options: "
+                                                                             + ", ".join(XAI_PARAMETERS)}}}
 _MANAGED = {"type": "object", "required": ["input_data"], "title": "Managed online endpoint",
             "description": MANAGED_BODY,
             "properties": {"input_data": {"type": "object", "required": ["data"], "properties": {
                 "columns": {"type": "array", "items": {"type": "string", "enum": ["image"]}},
                 "index": {"type": "array", "items": {}},
                 "data": {"type": "array", "minItems": 1, "items": {"type": "string"},
-                         "description": "one base64 image file per entry"}}},
+                         "description": "one base64 image file per entry, or a JSON string {\"image_base64\": ..., "
+                                        "\"model_explainability\": ..., \"xai_parameters\": {...}} (the "
+                                        "options are the first entry's)"}}},
                 "parameters": _PARAMETERS}}
 _RAW = {"schema": {"type": "string", "format": "binary"}}
 _ERROR = {"content": {"application/json": {"example": {"error": "what is wrong, and what to change"}}}}
@@ -35,6 +42,9 @@ SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
                          "scored in the same forward",
           "content": {"application/json": {"examples": {
               "classification": {"value": [{"probs": [0.9, 0.1], "labels": ["can", "carton"]}]},
+              "explained classification": {"value": [{"probs": [0.9, 0.1], "labels": ["can", "carton"],
+                                                      "visualizations": "iVBORw0KGgoAAAANSUhEUgAA...",
+                                                      "attributions": None}]},
               "detection": {"value": [{"boxes": [{"box": {"topX": 0.1, "topY": 0.2, "bottomX": 0.4,
                                                           "bottomY": 0.7}, "label": "can", "score": 0.93}]}]},
               "segmentation": {"value": [{"boxes": [{"box": {"topX": 0.1, "topY": 0.2, "bottomX": 0.4,

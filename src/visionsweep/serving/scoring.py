@@ -2,7 +2,8 @@
 the MLflow model answer for each image.
 
 Each image gets, in request order, either its response (classification ``{"probs": [...], "labels":
-[...]}``, detection ``{"boxes": [...]}``, the boxes of segmentation with ``polygon``) or an
+[...]}``, with ``visualizations`` and ``attributions`` when ``model_explainability`` asks for them,
+detection ``{"boxes": [...]}``, the boxes of segmentation with ``polygon``) or an
 ``ImageError`` saying why it could not be scored. The images go through exactly the batch prediction
 path (``visionsweep.predict``): written to a private temporary folder, checked (header, pixel limit),
 then read, framed and predicted by the model's family, one batch for all of them.
@@ -23,13 +24,16 @@ from visionsweep.data.report import DataReport
 from visionsweep.errors import SettingsError
 from visionsweep.families.selection import family_for
 from visionsweep.inference import classification, detection
+from visionsweep.inference.explanations import check_explainable
 from visionsweep.inference.model_folder import TrainedModel
 from visionsweep.settings import resolve_settings
+from visionsweep.settings.schema import EXPLANATION_SETTINGS
 
-# Settings a request may change: how detections are filtered, tiled and traced, never the model.
+# Settings a request may change: how detections are filtered, tiled and traced, and whether and how a
+# classification is explained (the reference's model_explainability and xai_parameters), never the model.
 REQUEST_SETTINGS = ("box_score_thresh", "nms_iou_thresh", "box_detections_per_img", "tile_grid_size",
                     "tile_overlap_ratio", "tile_predictions_nms_thresh", "max_number_of_polygon_points",
-                    "mask_pixel_score_threshold")
+                    "mask_pixel_score_threshold", *EXPLANATION_SETTINGS)
 # Models with a request's settings kept for reuse: a few, as any number of different values may come in.
 _KEPT_VARIANTS = 32
 
@@ -72,7 +76,8 @@ class Scorer:
 
     def check_settings(self, overrides: Mapping[str, Any] | None) -> TrainedModel:
         """The model with a request's settings applied; ``SettingsError`` names each one that is not a
-        request setting (``REQUEST_SETTINGS``) or not valid for this model."""
+        request setting (``REQUEST_SETTINGS``) or not valid for this model (explainability of a detector,
+        or with the onnxruntime runtime, or by a method the model does not support)."""
         if not overrides:
             return self.trained
         key = settings_key(overrides)
@@ -116,7 +121,9 @@ class Scorer:
     @staticmethod
     def _with_settings(trained: TrainedModel, values: Mapping[str, Any]) -> TrainedModel:
         stored = {k: v for k, v in trained.settings.to_dict().items() if k != "task"}
-        return replace(trained, settings=resolve_settings(trained.task, {**stored, **values}))
+        settings = resolve_settings(trained.task, {**stored, **values})
+        check_explainable(settings, onnx=trained.model is None)
+        return replace(trained, settings=settings)
 
 
 def _no_failures(failures: Any, stage: str) -> None:

@@ -192,7 +192,8 @@ def scope_problem(task: Task, name: str) -> str | None:
     """Why the setting ``name`` (a runtime name) does not apply to ``task``; None when it does."""
     scope = scope_of(name)
     if task not in scope.tasks:
-        return f"does not apply to {task}; it is a setting of {scope.describe()}"
+        purpose = f": {scope.purpose}" if scope.purpose else ""
+        return f"does not apply to {task}; it is a setting of {scope.describe()}{purpose}"
     return None
 
 

@@ -42,6 +42,12 @@ BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
 Epochs = Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
 EpochsOrZero = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
 
+# Explanation methods and integrated gradients' integrals (explaining/ runs them).
+XAI_ALGORITHMS: tuple[str, ...] = ("xrai", "integrated_gradients", "guided_backprop", "guided_gradcam")
+APPROXIMATION_METHODS: tuple[str, ...] = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid",
+                                          "gausslegendre")
+MAX_STEPS = 1000  # integrated gradients and XRAI run the network about n_steps times per image
+
 
 class Settings(BaseModel):
     """Resolved settings of one training run. Build it with ``resolve_settings``, not directly."""
@@ -188,6 +194,24 @@ class Settings(BaseModel):
     export_as_image: bool = Field(False, description="Also write each predicted mask as an image file.")
     image_type: Literal["jpg", "png", "bmp"] = Field("jpg", description="File type of exported mask images.")
 
+    # --- explainability (classification prediction; docs/explainability.md) --------------------------
+    model_explainability: bool = Field(
+        False, description="Prediction: also explain each image's predicted class (multi-label: each class above "
+                           "confidence_score_threshold_multilabel) with xai_algorithm; needs the torch runtime.")
+    xai_algorithm: Literal[XAI_ALGORITHMS] = Field(  # type: ignore[valid-type]
+        "xrai", description="Explanation method; guided_gradcam needs a convolutional model (not the ViTs).")
+    visualizations: bool = Field(
+        True, description="Explanations: return the 2 x 2 figure as a base64 PNG (visualizations).")
+    attributions: bool = Field(
+        False, description="Explanations: return the attribution array, 3 x crop x crop (attributions).")
+    confidence_score_threshold_multilabel: UnitFloat = Field(
+        0.5, description="Explanations of a multi-label model: every class whose probability is above this.")
+    n_steps: Annotated[int, Field(ge=2, le=MAX_STEPS)] = Field(
+        50, description="Explanations: integrated_gradients' and xrai's steps (network passes per image).")
+    approximation_method: Literal[APPROXIMATION_METHODS] = Field(  # type: ignore[valid-type]
+        "riemann_middle", description="Explanations: integrated_gradients' approximation of the integral.")
+    xrai_fast: bool = Field(True, description="Explanations: xrai's fast variant.")
+
     @field_validator("tile_grid_size", mode="before")
     @classmethod
     def _parse_tile_grid(cls, value: Any) -> Any:
@@ -220,6 +244,13 @@ class Settings(BaseModel):
     def _overlap_is_float(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("must be a number in [0, 1), not a boolean")
+        return value
+
+    @field_validator("n_steps", mode="before")
+    @classmethod
+    def _steps_are_a_count(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a whole number from 2 to {MAX_STEPS}, not a boolean")
         return value
 
     @property
@@ -298,6 +329,8 @@ class Scope:
     tasks: frozenset[Task]
     models: frozenset[str] | None = None
     models_label: str = ""
+    # What the keys are for, said when one is given for a task outside the scope ("explainability is ...").
+    purpose: str = ""
 
     def covers(self, task: Task, model_name: str | None) -> bool:
         if task not in self.tasks:
@@ -318,6 +351,10 @@ _DETECTORS = Scope(DETECTION_TASKS)
 _YOLO = Scope(frozenset({Task.OBJECT_DETECTION}), YOLO_MODELS, "model_name yolov5")
 _TILING = Scope(frozenset({Task.OBJECT_DETECTION}))
 _SEGMENTATION = Scope(frozenset({Task.INSTANCE_SEGMENTATION}))
+_EXPLAINABILITY = Scope(CLASSIFICATION_TASKS, purpose="explainability is for classification models only; a detector's "
+                                                      "boxes are not explained")
+EXPLANATION_SETTINGS = ("model_explainability", "xai_algorithm", "visualizations", "attributions",
+                        "confidence_score_threshold_multilabel", "n_steps", "approximation_method", "xrai_fast")
 
 _SCOPES: dict[str, Scope] = {
     **{k: _CLS for k in ("weighted_loss", "imbalance_rate_threshold", "valid_resize_size", "valid_crop_size",
@@ -330,6 +367,7 @@ _SCOPES: dict[str, Scope] = {
                           "obj", "obj_pw", "anchor_t", "fl_gamma", "degrees", "translate", "scale", "shear")},
     **{k: _SEGMENTATION for k in ("mask_pixel_score_threshold", "max_number_of_polygon_points", "export_as_image",
                                   "image_type")},
+    **{k: _EXPLAINABILITY for k in EXPLANATION_SETTINGS},
 }
 
 

@@ -3,7 +3,7 @@ before any trial starts to every value the trials of a job can draw.
 
 ``training.preflight.run_settings_problems`` decides them for one run: a ``model_name`` without a
 builder, ``layers_to_freeze`` beyond the model's layer groups, a ``device`` the process cannot use, a
-``pretrained_weights`` file that does not exist. ``check_trials`` asks it about every fixed value
+``pretrained_weights`` file that does not exist, an ``xai_algorithm`` the model does not support. ``check_trials`` asks it about every fixed value
 and every value a distribution can draw: each choice, both ends of a range (as
 ``space_checks.check_space`` does for the schema). Without these, ``layers_to_freeze: choice(0, 99)``
 or ``device: cuda`` under ``--devices cpu`` would fail trial after trial instead of when the job is
@@ -27,8 +27,11 @@ from visionsweep.sweep.space import SearchSpace, SubSpace
 from visionsweep.tasks import Task, parse_task
 
 # The keys whose values run_settings_problems reads; layers_to_freeze is judged against the model.
-_CHECKED_KEYS = ("model_name", "layers_to_freeze", "device", "pretrained", "pretrained_weights")
+_CHECKED_KEYS = ("model_name", "layers_to_freeze", "device", "pretrained", "pretrained_weights",
+                 "model_explainability", "xai_algorithm")
 _BASE = "training_parameters"
+# The checked keys whose problems depend on the model drawn with them.
+_MODEL_DEPENDENT = ("layers_to_freeze", "xai_algorithm")
 
 
 def check_trials(task: Task | str, base: Mapping[str, Any], space: SearchSpace | None, *,
@@ -102,12 +105,12 @@ def _line(problem: str, drawn: Mapping[str, tuple[Any, str, Distribution | None]
     distribution drew; and whether that value lies only in the tail of an unbounded distribution."""
     key = problem.split(":", 1)[0]
     value, where, dist = drawn.get(key, (None, _BASE, None))
-    involved = ["model_name", key] if key == "layers_to_freeze" else [key]
+    involved = ["model_name", key] if key in _MODEL_DEPENDENT else [key]
     if all(drawn.get(k, (None, _BASE, None))[1] == _BASE for k in involved):
         return f"{_BASE}.{problem}", False
     label = here
     model, _, model_dist = drawn.get("model_name", (None, _BASE, None))
-    if key == "layers_to_freeze" and model_dist is not None:
+    if key in _MODEL_DEPENDENT and model_dist is not None:
         label += f" with model_name {model}"
     if dist is not None:
         return f"{label}: {key}={value!r} (from {dist.describe()}) is rejected: {problem}", dist.kind in NORMAL_FAMILY

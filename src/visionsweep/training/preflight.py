@@ -13,7 +13,7 @@ import torch
 from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.tiling import Tiling
 from visionsweep.errors import CheckpointError, SettingsError
-from visionsweep.models import get_model_spec
+from visionsweep.models import explanation_problem, get_model_spec
 from visionsweep.models.freezing import layers_to_freeze_problem
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task, parse_task
@@ -63,7 +63,8 @@ def prepare_run(task: Task | str, data: str | Path, validation_data: str | Path 
 def run_settings_problems(settings: Settings, *, gpus: int | None, check_files: bool = True) -> list[str]:
     """The problems of ``settings`` that the schema cannot see, because they need the model registry,
     the machine or the file system: a ``model_name`` without a builder, ``layers_to_freeze`` beyond
-    the model's layer groups, a ``device`` that a process seeing ``gpus`` CUDA GPUs cannot use (None
+    the model's layer groups, an ``xai_algorithm`` the model does not support (with
+    ``model_explainability``), a ``device`` that a process seeing ``gpus`` CUDA GPUs cannot use (None
     leaves the device unchecked), a ``pretrained_weights`` file that does not exist (unless not
     ``check_files``). Each problem starts with the key it is about (``layers_to_freeze: ...``).
 
@@ -79,6 +80,10 @@ def run_settings_problems(settings: Settings, *, gpus: int | None, check_files: 
         problem = layers_to_freeze_problem(spec.name, spec.layer_groups, settings.layers_to_freeze)
         if problem is not None:
             problems.append(problem)
+        if settings.task.is_classification and settings.model_explainability:  # predictions the run's settings explain
+            problem = explanation_problem(spec.name, settings.xai_algorithm)
+            if problem is not None:
+                problems.append(problem)
     if check_files and settings.pretrained and settings.pretrained_weights is not None \
             and not Path(settings.pretrained_weights).is_file():
         problems.append(f"pretrained_weights: file {settings.pretrained_weights} does not exist")
