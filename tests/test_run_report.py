@@ -63,6 +63,8 @@ def _scenes(folder: Path, count: int, *, polygons: bool = False) -> Path:
 
 def test_a_classification_run_ends_with_a_report_that_opens_in_a_browser(tmp_path):
     data = write_color_dataset(tmp_path / "data", per_class=8)
+    with data.open("a") as lines:  # one record the data report skips, and the run report shows why
+        lines.write(json.dumps({"image_url": "images/gone.png", "label": "red"}) + "\n")
     # Settings under which the tiny model learns something in four epochs: the figures have shapes.
     settings = {**REPORT, "number_of_epochs": 4, "learning_rate": 0.005, "warmup_cosine_lr_warmup_epochs": 0,
                 "training_batch_size": 8}
@@ -87,6 +89,10 @@ def test_a_classification_run_ends_with_a_report_that_opens_in_a_browser(tmp_pat
         opened.page.click("#per-class-table thead th:text-is(\"support\")")  # descending
         after = opened.texts("#per-class-table tbody tr td:first-child")
         assert sorted(after) == sorted(before) and after[0].endswith("avg")
+        assert "missing file: 1" in opened.page.inner_text("#data-sources")
+        skipped = opened.page.locator("details", has_text="skipped records")
+        skipped.locator("summary").click()
+        assert "images/gone.png" in skipped.inner_text() and "does not exist" in skipped.inner_text()
     assert (tmp_path / "report.png").stat().st_size > 10_000
     # The figures' numbers beside the report are those of the run's files.
     epochs = read_lines(result.run_dir / "metrics.jsonl")

@@ -87,7 +87,7 @@ def format_leaderboard(rows: Sequence[LeaderboardRow], primary_metric: str, *, l
     table = [header]
     for rank, row in enumerate(shown, 1):
         table.append([str(rank), str(row.trial), row.status, _number(row.score), _text(row.best_epoch),
-                      _text(row.epochs_run), _duration(row.duration_s),
+                      _text(row.epochs_run), format_duration(row.duration_s),
                       *(_number(row.config[k]) if k in row.config else "-" for k in keys), _short(row.note)])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
@@ -212,9 +212,10 @@ def _csv_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None, *, missing: str = "-") -> str:
+    """``12m05s`` or ``1h02m``; ``missing`` for no duration."""
     if seconds is None:
-        return "-"
+        return missing
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

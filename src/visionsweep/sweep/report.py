@@ -34,7 +34,8 @@ from visionsweep.reports.figures import Figure, Series, Table, bar_chart, draw, 
 from visionsweep.reports.page import REPORT_DATA_FOLDER, REPORT_FILE, render, write_report
 from visionsweep.sweep import attrs
 from visionsweep.sweep.leaderboard import (
-    BEST_MODEL_DIR, BEST_TRIAL_FILE, LEADERBOARD_FILE, LeaderboardRow, best_row, leaderboard_rows, write_leaderboard,
+    BEST_MODEL_DIR, BEST_TRIAL_FILE, LEADERBOARD_FILE, LeaderboardRow, best_row, format_duration, leaderboard_rows,
+    write_leaderboard,
 )
 from visionsweep.sweep.sweep_folder import open_sweep_study, read_sweep_file
 from visionsweep.sweep.trial_process import LOG_FILE
@@ -136,8 +137,8 @@ def _board(rows: Sequence[LeaderboardRow], folders: dict[int, Path | None], swee
         cells.append({
             "rank": rank, "trial": row.trial, "status": row.status, "score": row.score,
             "best_epoch": row.best_epoch, "epochs_run": row.epochs_run,
-            "duration": _Cell(_duration(row.duration_s), "" if row.duration_s is None else f"{row.duration_s:.3f}",
-                              True),
+            "duration": _Cell(format_duration(row.duration_s, missing=""),
+                              "" if row.duration_s is None else f"{row.duration_s:.3f}", True),
             "model": _value_cell(model),
             "values": [_value_cell(row.config.get(k, _MISSING)) for k in keys],
             "note": _first_line(row.note),
@@ -461,15 +462,6 @@ def _csv_value(value: Any) -> Any:
     if value is _MISSING:
         return ""
     return json.dumps(value) if isinstance(value, (list, dict)) else value
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _first_line(text: str) -> str:

@@ -182,9 +182,12 @@ def train(
                 return _fit(training, task, settings, data_, run_dir, device, None, ranks, resumed)
             earlier_report = _write_run_inputs(run_dir, task, settings, data_, runtime, resumed=point is not None)
             try:
-                return _fit(training, task, settings, data_, run_dir, device, epoch_callback, ranks, resumed)
+                result = _fit(training, task, settings, data_, run_dir, device, epoch_callback, ranks, resumed)
             finally:
                 _write_data_report(run_dir, data_, runtime, earlier_report)
+            if settings.write_report:  # last: it shows the data report with the images that failed in the run
+                _write_report(run_dir)
+            return result
         finally:
             if joined:
                 stop_process_group()
@@ -345,8 +348,6 @@ def _fit(training: _Training, task: Task, settings: Settings, data: TrainingData
         _save_mlflow_model(model_dir)
     write_json(model_dir / "metrics.json", {"epoch": result.best_epoch, "epochs_run": result.epochs_run,
                                             "epochs_count_from": 1, "metrics": result.best_metrics})
-    if settings.write_report:
-        _write_report(run_dir)
     log.info("finished (%s) after %d epochs; best %s %s at epoch %s", result.status, result.epochs_run,
              settings.primary_metric, _format(result.best_score), result.best_epoch)
     return TrainResult(run_dir=run_dir, model_dir=model_dir, status=result.status,
