@@ -61,8 +61,10 @@ def open_report(path: Path, screenshot: Path) -> Iterator[OpenedReport]:
     executable = chromium_path()
     playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium refuses its sandbox.
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root, where Chromium refuses its sandbox. A container's /dev/shm is small
+        # and there is no GPU: without the other two flags, screenshots of long pages fail now and then.
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(5_000)
@@ -71,7 +73,17 @@ def open_report(path: Path, screenshot: Path) -> Iterator[OpenedReport]:
             page.on("pageerror", lambda error: opened.errors.append(str(error)))
             page.goto(path.resolve().as_uri())
             page.wait_for_load_state("load")
-            page.screenshot(path=str(screenshot), full_page=True)
+            _screenshot(page, screenshot, playwright_api.Error)
             yield opened
         finally:
             browser.close()
+
+
+def _screenshot(page: Any, path: Path, error_type: type[Exception]) -> None:
+    """A full-page screenshot, tried twice: on a busy machine headless Chromium now and then answers
+    "Unable to capture screenshot" while it composites; a second failure is a real one."""
+    try:
+        page.screenshot(path=str(path), full_page=True)
+    except error_type:
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(path), full_page=True)
