@@ -108,7 +108,8 @@ def test_models_lists_the_models_of_each_task_with_its_default(capsys):
     detection = [line for line in lines if line.startswith("image_object_detection ")]
     assert capsys.readouterr().out.splitlines() == detection == [
         "image_object_detection (default yolov5): yolov5, fasterrcnn_resnet18_fpn, fasterrcnn_resnet34_fpn, "
-        "fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, fasterrcnn_resnet152_fpn, retinanet_resnet50_fpn"]
+        "fasterrcnn_resnet50_fpn, fasterrcnn_resnet101_fpn, fasterrcnn_resnet152_fpn, retinanet_resnet50_fpn, "
+        "fasterrcnn_resnet50_fpn_v2"]
 
 
 def test_convert_lists_and_accepts_exactly_the_registered_formats(capsys):

@@ -12,7 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from conftest import slow_variants
 from visionsweep.errors import SettingsError, WeightsUnavailableError
 from visionsweep.models import create_model, get_model_spec, list_models
-from visionsweep.models.detection import build_faster_rcnn, label_offset
+from visionsweep.models.detection import build_faster_rcnn, build_rcnn_v2, label_offset
 from visionsweep.tasks import Task
 
 # Azure's R-CNN-family detector names (docs/models.md)
@@ -20,6 +20,9 @@ RCNN_DETECTION_MODELS = (
     "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn", "retinanet_resnet50_fpn",
 )
+
+# Beyond the reference: torchvision's v2 Faster R-CNN (docs/models.md)
+V2_DETECTION_MODELS = ("fasterrcnn_resnet50_fpn_v2",)
 
 SMALL = {"pretrained": False, "min_size": 64, "max_size": 96}
 FASTER = [name for name in RCNN_DETECTION_MODELS if name.startswith("fasterrcnn")]
@@ -44,11 +47,13 @@ def _fewer_rois(model):
 
 
 def test_every_rcnn_detector_is_registered_for_detection_only():
-    assert set(RCNN_DETECTION_MODELS) <= set(list_models(Task.OBJECT_DETECTION))
-    assert not set(RCNN_DETECTION_MODELS) & set(list_models(Task.INSTANCE_SEGMENTATION))
+    names = RCNN_DETECTION_MODELS + V2_DETECTION_MODELS
+    assert set(names) <= set(list_models(Task.OBJECT_DETECTION))
+    assert not set(names) & set(list_models(Task.INSTANCE_SEGMENTATION))
+    assert all(get_model_spec(name).family == "rcnn" for name in names)
 
 
-@pytest.mark.parametrize("name", slow_variants(RCNN_DETECTION_MODELS,
+@pytest.mark.parametrize("name", slow_variants(RCNN_DETECTION_MODELS + V2_DETECTION_MODELS,
                                               {"fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn"}))
 def test_train_step_then_predict(name):
     model = _fewer_rois(create_model(name, 3, **SMALL, box_score_thresh=0.0, box_detections_per_img=7))
@@ -203,3 +208,64 @@ def test_coco_detector_weights_from_a_file_keep_a_fresh_class_layer(tmp_path, of
 def test_missing_weights_name_the_cache_and_the_way_out(offline_cache):
     with pytest.raises(WeightsUnavailableError, match=r"resnet34-b627a593\.pth.*pretrained=false"):
         create_model("fasterrcnn_resnet34_fpn", 2, min_size=64, max_size=96)
+
+
+# --- the v2 model (torchvision's fasterrcnn_resnet50_fpn_v2, beyond the reference) ---------------------
+
+
+def test_v2_is_torchvisions_v2_network_with_the_settings_and_a_fresh_class_layer():
+    model = create_model("fasterrcnn_resnet50_fpn_v2", 4, pretrained=False, min_size=96, max_size=160,
+                         box_score_thresh=0.42, nms_iou_thresh=0.33, box_detections_per_img=7)
+    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None,
+                                                                        num_classes=91)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert sorted(k for k in ours if ours[k].shape != theirs[k].shape) == [
+        "roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
+        "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight"]
+    assert model.roi_heads.box_predictor.cls_score.out_features == 5  # 4 classes + background
+    assert label_offset("fasterrcnn_resnet50_fpn_v2") == 1
+    assert (model.roi_heads.score_thresh, model.roi_heads.nms_thresh, model.roi_heads.detections_per_img) == (
+        0.42, 0.33, 7)
+    assert model.transform.min_size == (96,) and model.transform.max_size == 160
+    image = torch.rand(3, 50, 70)
+    batched, _ = model.eval().transform([image])
+    assert batched.tensors.shape == (1, 3, 64, 96) and torch.equal(batched.tensors[0, :, :50, :70], image)
+    # ordinary batch norm with eps 1e-5, as the v2 weights were trained
+    assert {m.eps for m in model.backbone.body.modules() if isinstance(m, nn.BatchNorm2d)} == {1e-5}
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("count, frozen", [(None, {"conv1", "bn1", "layer1"}), (0, set()), (1, {"conv1", "bn1"}),
+                                           (5, {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"})])
+def test_v2_layers_to_freeze(count, frozen):
+    settings = dict(SMALL) if count is None else {**SMALL, "layers_to_freeze": count}
+    assert _frozen_prefixes(create_model("fasterrcnn_resnet50_fpn_v2", 2, **settings)) == frozen
+
+
+def test_v2_coco_weights_from_a_file_keep_a_fresh_class_layer(tmp_path, offline_cache):
+    source = get_model_spec("fasterrcnn_resnet50_fpn_v2").weights
+    assert source.filename == "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth"
+    assert source.url == torchvision.models.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url
+    torch.manual_seed(1)
+    coco = build_rcnn_v2(False, 90)  # 91 outputs, like torchvision's COCO weights
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    model = create_model("fasterrcnn_resnet50_fpn_v2", 3, min_size=64, max_size=96,
+                         pretrained_weights=str(tmp_path / "coco.pth"))
+    ours, theirs = model.state_dict(), coco.state_dict()
+    differing = sorted(k for k in ours if ours[k].shape != theirs[k].shape or not torch.equal(ours[k], theirs[k]))
+    assert differing == ["roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
+                         "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight"]
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+def test_v2_coco_weights_from_the_torch_cache(offline_cache):
+    source = get_model_spec("fasterrcnn_resnet50_fpn_v2").weights
+    torch.manual_seed(2)
+    coco = build_rcnn_v2(False, 90)
+    path = offline_cache / "torch" / "hub" / "checkpoints" / source.filename
+    path.parent.mkdir(parents=True)
+    torch.save(coco.state_dict(), path)
+    model = create_model("fasterrcnn_resnet50_fpn_v2", 3, min_size=64, max_size=96)
+    assert torch.equal(model.backbone.body.layer4[2].conv3.weight, coco.backbone.body.layer4[2].conv3.weight)
+    assert torch.equal(model.roi_heads.box_head[0][0].weight, coco.roi_heads.box_head[0][0].weight)

@@ -8,7 +8,7 @@ import torchvision
 
 from visionsweep.errors import SettingsError
 from visionsweep.models import create_model, get_model_spec, list_models
-from visionsweep.models.detection import build_mask_rcnn, label_offset
+from visionsweep.models.detection import build_mask_rcnn, build_rcnn_v2, label_offset
 from visionsweep.tasks import Task
 
 # Azure's instance-segmentation model names (docs/models.md)
@@ -16,6 +16,8 @@ SEGMENTATION_MODELS = (
     "maskrcnn_resnet18_fpn", "maskrcnn_resnet34_fpn", "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet101_fpn", "maskrcnn_resnet152_fpn",
 )
+# Beyond the reference: torchvision's v2 Mask R-CNN (docs/models.md)
+V2_SEGMENTATION_MODELS = ("maskrcnn_resnet50_fpn_v2",)
 
 SMALL = {"pretrained": False, "min_size": 64, "max_size": 96}
 
@@ -41,16 +43,17 @@ def _batch():
     return images, targets
 
 
-def test_the_five_mask_rcnn_models_serve_instance_segmentation_only():
-    assert list_models(Task.INSTANCE_SEGMENTATION) == sorted(SEGMENTATION_MODELS)
-    assert not set(SEGMENTATION_MODELS) & set(list_models(Task.OBJECT_DETECTION))
-    assert all(label_offset(name) == 1 for name in SEGMENTATION_MODELS)  # background at index 0
-    assert all(get_model_spec(name).family == "mask_rcnn" for name in SEGMENTATION_MODELS)
+def test_the_mask_rcnn_models_serve_instance_segmentation_only():
+    names = SEGMENTATION_MODELS + V2_SEGMENTATION_MODELS
+    assert list_models(Task.INSTANCE_SEGMENTATION) == sorted(names)
+    assert not set(names) & set(list_models(Task.OBJECT_DETECTION))
+    assert all(label_offset(name) == 1 for name in names)  # background at index 0
+    assert all(get_model_spec(name).family == "mask_rcnn" for name in names)
     with pytest.raises(SettingsError, match="model_name"):
         create_model("fasterrcnn_resnet18_fpn", 2, task=Task.INSTANCE_SEGMENTATION, **SMALL)
 
 
-@pytest.mark.parametrize("name", ["maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"])
+@pytest.mark.parametrize("name", ["maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
 def test_train_step_with_masks_then_predict_soft_masks(name):
     model = _fewer_rois(create_model(name, 3, **SMALL, box_score_thresh=0.0, box_detections_per_img=5))
     images, targets = _batch()
@@ -133,3 +136,41 @@ def test_the_small_and_deep_models_start_from_imagenet_backbones(offline_cache):
     model = create_model("maskrcnn_resnet18_fpn", 3, min_size=64, max_size=96)
     assert torch.equal(model.backbone.body.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
     assert get_model_spec("maskrcnn_resnet152_fpn").weights.filename.startswith("resnet152-")
+
+
+def test_v2_is_torchvisions_v2_network_with_fresh_predictors():
+    model = create_model("maskrcnn_resnet50_fpn_v2", 4, **SMALL, box_score_thresh=0.42, nms_iou_thresh=0.33,
+                         box_detections_per_img=7)
+    reference = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None,
+                                                                      num_classes=91)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert sorted(k for k in ours if ours[k].shape != theirs[k].shape) == [
+        "roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
+        "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.mask_predictor.mask_fcn_logits.bias", "roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    predictor = model.roi_heads.mask_predictor
+    assert (predictor.conv5_mask.in_channels, predictor.conv5_mask.out_channels) == (256, 256)
+    assert predictor.mask_fcn_logits.out_channels == model.roi_heads.box_predictor.cls_score.out_features == 5
+    assert (model.roi_heads.score_thresh, model.roi_heads.nms_thresh, model.roi_heads.detections_per_img) == (
+        0.42, 0.33, 7)
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    found = {name.split(".")[2] for name, p in model.named_parameters() if not p.requires_grad}
+    assert found == {"conv1", "bn1", "layer1"}  # the default: layer2-layer4 train, as for v1
+
+
+def test_v2_coco_weights_keep_a_fresh_box_and_mask_predictor(tmp_path, offline_cache):
+    source = get_model_spec("maskrcnn_resnet50_fpn_v2").weights
+    assert source.filename == "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"
+    assert source.url == torchvision.models.detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url
+    torch.manual_seed(1)
+    coco = build_rcnn_v2(True, 90)  # 91 outputs, like torchvision's COCO weights
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    model = create_model("maskrcnn_resnet50_fpn_v2", 3, min_size=64, max_size=96,
+                         pretrained_weights=str(tmp_path / "coco.pth"))
+    ours, theirs = model.state_dict(), coco.state_dict()
+    differing = sorted(k for k in ours if ours[k].shape != theirs[k].shape or not torch.equal(ours[k], theirs[k]))
+    assert differing == sorted(k for k in ours if k.startswith(("roi_heads.box_predictor.",
+                                                                "roi_heads.mask_predictor.")))
+    assert "roi_heads.mask_predictor.conv5_mask.weight" in differing  # the whole predictor is replaced
+    assert torch.equal(ours["roi_heads.mask_head.0.0.weight"], theirs["roi_heads.mask_head.0.0.weight"])

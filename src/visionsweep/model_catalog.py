@@ -3,7 +3,7 @@ importing torch (settings are checked in a fraction of a second; building a mode
 
 A name is registered once here, with its family, and once with its builder (``register_model``, which
 refuses a name missing here or registered twice). A family decides the tasks its models serve. The
-names are Azure's (see docs/models.md).
+names are Azure's, except the two ``_v2`` models, which are beyond the reference (see docs/models.md).
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ MODEL_FAMILIES: dict[str, str] = {
     YOLOV5: YOLOV5,
     **{f"fasterrcnn_resnet{depth}_fpn": RCNN for depth in (18, 34, 50, 101, 152)},
     "retinanet_resnet50_fpn": RCNN,
+    "fasterrcnn_resnet50_fpn_v2": RCNN,  # beyond the reference: torchvision's v2 weights (docs/models.md)
     **{f"maskrcnn_resnet{depth}_fpn": MASK_RCNN for depth in (18, 34, 50, 101, 152)},
+    "maskrcnn_resnet50_fpn_v2": MASK_RCNN,  # beyond the reference, as above
 }
 
 # Vision transformers: the position embedding is built for one input size.

@@ -30,6 +30,13 @@ class-dependent last layer is fresh; for Mask R-CNN also the whole mask predicto
 replaces it). For ResNet-18/34/101/152 no public COCO detector exists (the reference's were trained by
 the vendor), so they start from ImageNet weights of the backbone (the same files as the classification
 ResNets) and the FPN and heads start fresh.
+
+Beyond the reference: ``fasterrcnn_resnet50_fpn_v2`` and ``maskrcnn_resnet50_fpn_v2``, torchvision's own
+v2 builders (Li et al., "Benchmarking Detection Transfer Learning with Vision Transformers": ordinary
+batch norm in the trunk and heads, a two-convolution RPN head, a four-convolution box head) with their
+COCO weights, the same settings, class convention, heads replaced and default freezing as the v1 models.
+Their trunk's batch norm is trainable (``bn1`` has parameters, so it joins the ``conv1`` layer group) and
+keeps eps 1e-5, as the v2 weights were trained.
 """
 from __future__ import annotations
 
@@ -64,6 +71,8 @@ MASK_RCNN_HEAD = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
 # Hidden width of the mask predictor; the reference's setting for it is never read, so it is always 256.
 MASK_PREDICTOR_HIDDEN = 256
 RETINANET_HEAD = ("head.classification_head.cls_logits.",)
+# The v2 models' trunk has ordinary batch norm, so the stem's bn1 has parameters; it belongs with conv1.
+RESNET_V2_BACKBONE_GROUPS = (("backbone.body.conv1.", "backbone.body.bn1."),) + RESNET_BACKBONE_GROUPS[1:]
 
 _LABEL_OFFSETS: dict[str, int] = {}
 
@@ -141,6 +150,25 @@ def build_retinanet(num_classes: int, *, min_size: int = 600, max_size: int = 13
     model = RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size, score_thresh=box_score_thresh,
                       nms_thresh=nms_iou_thresh, detections_per_img=box_detections_per_img)
     return _prepared_outside(model, 50)
+
+
+def build_rcnn_v2(mask: bool, num_classes: int, *, min_size: int = 600, max_size: int = 1333,
+                  box_score_thresh: float = 0.3, nms_iou_thresh: float = 0.5, box_detections_per_img: int = 100,
+                  trainable_stages: int = DEFAULT_TRAINABLE_STAGES) -> FasterRCNN:
+    """torchvision's ``fasterrcnn_resnet50_fpn_v2`` (``mask``: ``maskrcnn_resnet50_fpn_v2``) for
+    ``num_classes`` dataset classes plus the background, built without weights: its box predictor
+    ``FastRCNNPredictor(1024, num_classes + 1)`` and mask predictor ``MaskRCNNPredictor(256, 256,
+    num_classes + 1)`` are the fresh heads the v1 models get. ``trainable_stages`` counts from layer4
+    backwards, as in ``resnet_fpn_backbone`` (torchvision ignores its own argument without weights)."""
+    builder = tvm.detection.maskrcnn_resnet50_fpn_v2 if mask else tvm.detection.fasterrcnn_resnet50_fpn_v2
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=min_size,
+                    max_size=max_size, box_score_thresh=box_score_thresh, box_nms_thresh=nms_iou_thresh,
+                    box_detections_per_img=box_detections_per_img)
+    frozen = RESNET_V2_BACKBONE_GROUPS[:len(RESNET_V2_BACKBONE_GROUPS) - trainable_stages]
+    prefixes = tuple(prefix for group in frozen for prefix in group)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(prefixes))
+    return _padding_only(model)
 
 
 def with_prediction_limits(model: nn.Module, *, box_score_thresh: float, nms_iou_thresh: float,
@@ -258,6 +286,29 @@ def retinanet_resnet50_fpn(num_classes: int, *, min_size: int = 600, max_size: i
 _LABEL_OFFSETS["retinanet_resnet50_fpn"] = 0
 
 
+def _rcnn_v2_builder(mask: bool):
+    def build(num_classes: int, *, min_size: int = 600, max_size: int = 1333, box_score_thresh: float = 0.3,
+              nms_iou_thresh: float = 0.5, box_detections_per_img: int = 100,
+              layers_to_freeze: int | None = None) -> FasterRCNN:
+        return build_rcnn_v2(mask, num_classes, min_size=min_size, max_size=max_size,
+                             box_score_thresh=box_score_thresh, nms_iou_thresh=nms_iou_thresh,
+                             box_detections_per_img=box_detections_per_img,
+                             trainable_stages=_trainable_stages(layers_to_freeze))
+
+    kind = "Mask" if mask else "Faster"
+    build.__name__ = build.__qualname__ = f"{kind.lower()}rcnn_resnet50_fpn_v2"
+    build.__doc__ = f"{kind} R-CNN ResNet-50 FPN v2 (torchvision's); see ``build_rcnn_v2``."
+    return build
+
+
+for _mask, _weights, _head in ((False, tvm.detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1, FASTER_RCNN_HEAD),
+                               (True, tvm.detection.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1, MASK_RCNN_HEAD)):
+    _name = f"{'mask' if _mask else 'faster'}rcnn_resnet50_fpn_v2"
+    register_model(_name, layer_groups=RESNET_V2_BACKBONE_GROUPS, weights=_coco(_weights), head_prefixes=_head,
+                   adapt_pretrained=backbone_state)(_rcnn_v2_builder(_mask))
+    _LABEL_OFFSETS[_name] = 1
+
+
 # --- helpers ------------------------------------------------------------------------------------------
 
 
@@ -273,9 +324,14 @@ class _PaddingOnlyTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _prepared_outside(model: nn.Module, depth: int) -> nn.Module:
+def _padding_only(model: nn.Module) -> nn.Module:
     old = model.transform
     model.transform = _PaddingOnlyTransform(old.min_size, old.max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return model
+
+
+def _prepared_outside(model: nn.Module, depth: int) -> nn.Module:
+    _padding_only(model)
     if depth == 50:
         # The COCO weights the ResNet-50 detectors start from were trained with eps 0 in the frozen batch
         # norm (torchvision sets the same); eps is not in the state dict, so it is fixed at build time.
