@@ -53,6 +53,7 @@ from visionsweep.explaining import ExplanationOptions
 from visionsweep.explaining.attributions import explain_image
 from visionsweep.explaining.figure import denormalize, explanation_figure
 from visionsweep.models import create_model
+from machine_load import machine_busy, others_cores  # bench/, beside this script
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -187,21 +188,6 @@ def machine() -> dict[str, Any]:
             "cpu_family_model": f"{fields.get('cpu family')}/{fields.get('model')}", "cpus": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "captum": captum.__version__, "saliency": version("saliency"), "numpy": np.__version__}
-
-
-def machine_busy() -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds the whole machine was busy, this process's CPU seconds) now."""
-    busy = 0.0
-    if Path("/proc/stat").exists():
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    return time.perf_counter(), busy, time.process_time()
-
-
-def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
-    """How many cores, on average, other processes on the machine kept busy in between."""
-    wall = after[0] - before[0]
-    return round(max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall, 2) if wall > 0 else 0.0
 
 
 if __name__ == "__main__":

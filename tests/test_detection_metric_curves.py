@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detection_helpers import plain_iou, random_images
 from visionsweep.cli import main
 from visionsweep.distributed import decode_plain, encode_plain
 from visionsweep.evaluation.classification import scalar_metrics
@@ -187,25 +188,9 @@ def test_image_level_undefined_cases():
     assert no_predictions == {"precision": -1.0, "recall": 0.0, "average_precision": 0.0}
 
 
-def _random_images(rng, count, classes=3, max_objects=5, max_predictions=8, size=200):
-    """Predictions jittered around the objects plus random ones, scores on a coarse grid (to make ties)."""
-    predictions, truths = [], []
-    for _ in range(count):
-        m = rng.integers(0, max_objects + 1)
-        xy = rng.uniform(0, size * 0.7, (m, 2))
-        gt_boxes = np.hstack([xy, xy + rng.uniform(5, size * 0.3, (m, 2))])
-        gt = {"boxes": gt_boxes, "labels": rng.integers(0, classes, m).tolist(),
-              "iscrowd": (rng.random(m) < 0.15).astype(int).tolist()}
-        n = rng.integers(0, max_predictions + 1)
-        source = rng.integers(0, max(m, 1), n)
-        boxes = gt_boxes[source] + rng.normal(0, 6, (n, 4)) if m else rng.uniform(0, size, (n, 4))
-        boxes = np.hstack([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:]) + 1])
-        labels = np.where(rng.random(n) < 0.7, np.asarray(gt["labels"])[source] if m else 0,
-                          rng.integers(0, classes, n))
-        scores = rng.integers(1, 11, n) / 10  # 0.1 ... 1.0: ties, and scores on the matrix thresholds
-        predictions.append({"boxes": boxes, "labels": labels.tolist(), "scores": scores.tolist()})
-        truths.append(gt)
-    return predictions, truths
+def _images(rng, count):
+    """Small images, more class swaps than the matching tests, scores 0.1 ... 1.0 (ties on the matrix thresholds)."""
+    return random_images(rng, count, max_objects=5, max_predictions=8, same_class=0.7, score_levels=10)
 
 
 def _plain_image_walk(predictions, truths):
@@ -231,7 +216,7 @@ def _plain_image_walk(predictions, truths):
 def test_image_level_metrics_equal_the_plain_walk():
     rng = np.random.default_rng(5)
     for count in (3, 20, 150):
-        predictions, truths = _random_images(rng, count)
+        predictions, truths = _images(rng, count)
         assert image_level(predictions, truths) == pytest.approx(_plain_image_walk(predictions, truths), abs=1e-12)
 
 
@@ -299,7 +284,7 @@ def _plain_matches(predictions, truths, threshold=0.5):
     for p, t in zip(predictions, truths):
         taken = set()
         for i in sorted(range(len(p["scores"])), key=lambda i: (-p["scores"][i], -i)):
-            ious = [_plain_iou(p["boxes"][i], g, crowd) for g, crowd in zip(t["boxes"], t["iscrowd"])]
+            ious = [plain_iou(p["boxes"][i], g, crowd) for g, crowd in zip(t["boxes"], t["iscrowd"])]
             if not ious or max(ious) < threshold:
                 continue
             best = int(np.argmax(ious))
@@ -309,17 +294,9 @@ def _plain_matches(predictions, truths, threshold=0.5):
     return matches
 
 
-def _plain_iou(a, b, crowd):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    union = area_a if crowd else area_a + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def test_confusion_matrices_equal_a_plain_loop():
     rng = np.random.default_rng(6)
-    predictions, truths = _random_images(rng, 200)
+    predictions, truths = _images(rng, 200)
     found = voc(predictions, truths, classes=("a", "b", "c"))[MATRICES]
     objects = np.bincount([label for t in truths for label, crowd in zip(t["labels"], t["iscrowd"]) if not crowd],
                           minlength=3)
@@ -340,7 +317,7 @@ def test_confusion_matrices_equal_a_plain_loop():
 
 def test_merged_states_give_the_curves_and_matrices_of_one_pass():
     rng = np.random.default_rng(7)
-    predictions, truths = _random_images(rng, 90)
+    predictions, truths = _images(rng, 90)
     whole = VocEvaluator(["a", "b", "c"])
     whole.add(predictions, truths)
     first, second = VocEvaluator(["a", "b", "c"]), VocEvaluator(["a", "b", "c"])

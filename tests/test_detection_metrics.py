@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detection_helpers import plain_iou, random_images
 from visionsweep.distributed import decode_plain, encode_plain
 from visionsweep.evaluation import voc as voc_module
 from visionsweep.evaluation.coco import COCO_METRIC_NAMES, COCO_SUMMARY_LINES, CocoEvaluator
@@ -222,7 +223,7 @@ def _plain_outcomes(pred, gt, threshold):
         for i in order:
             best, best_iou = None, -1.0
             for j in g_idx:
-                iou = _plain_iou(pred["boxes"][i], gt["boxes"][j], gt["iscrowd"][j])
+                iou = plain_iou(pred["boxes"][i], gt["boxes"][j], gt["iscrowd"][j])
                 if iou > best_iou:
                     best, best_iou = j, iou
             if best is None or best_iou < threshold:
@@ -237,41 +238,11 @@ def _plain_outcomes(pred, gt, threshold):
     return outcomes
 
 
-def _plain_iou(a, b, crowd):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    union = area_a if crowd else area_a + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
-def _random_images(rng, count, classes=3, max_objects=6, max_predictions=12, size=200):
-    """Predictions jittered around the objects plus random ones, scores on a coarse grid (to make ties)."""
-    predictions, truths = [], []
-    for _ in range(count):
-        m = rng.integers(0, max_objects + 1)
-        xy = rng.uniform(0, size * 0.7, (m, 2))
-        wh = rng.uniform(5, size * 0.3, (m, 2))
-        gt_boxes = np.hstack([xy, xy + wh])
-        gt = {"boxes": gt_boxes, "labels": rng.integers(0, classes, m).tolist(),
-              "iscrowd": (rng.random(m) < 0.15).astype(int).tolist()}
-        n = rng.integers(0, max_predictions + 1)
-        source = rng.integers(0, max(m, 1), n)
-        boxes = gt_boxes[source] + rng.normal(0, 6, (n, 4)) if m else rng.uniform(0, size, (n, 4))
-        boxes = np.hstack([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:]) + 1])
-        labels = np.where(rng.random(n) < 0.8, np.asarray(gt["labels"])[source] if m else 0,
-                          rng.integers(0, classes, n))
-        predictions.append({"boxes": boxes, "labels": labels.tolist(),
-                            "scores": (rng.integers(1, 6, n) / 5).tolist()})
-        truths.append(gt)
-    return predictions, truths
-
-
 @pytest.mark.parametrize("block_elements", [1 << 21, 50])
 def test_vectorised_matching_equals_the_plain_loop(monkeypatch, block_elements):
     monkeypatch.setattr(voc_module, "_BLOCK_ELEMENTS", block_elements)  # 50 forces many small blocks
     rng = np.random.default_rng(0)
-    predictions, truths = _random_images(rng, 300)
+    predictions, truths = random_images(rng, 300)
     for threshold in (0.3, 0.5, 0.7):
         outcomes = match_images([read_detections(p) for p in predictions], [read_ground_truth(t) for t in truths],
                                 threshold)
@@ -283,7 +254,7 @@ def test_vectorised_matching_equals_the_plain_loop(monkeypatch, block_elements):
 
 def test_batches_and_merged_evaluators_give_the_same_numbers_as_one_pass():
     rng = np.random.default_rng(1)
-    predictions, truths = _random_images(rng, 120)
+    predictions, truths = random_images(rng, 120)
     whole = VocEvaluator(["a", "b", "c"])
     whole.add(predictions, truths)
     first, second = VocEvaluator(["a", "b", "c"]), VocEvaluator(["a", "b", "c"])
@@ -368,7 +339,7 @@ def _pycocotools_directly(predictions, truths, classes, iou_type="bbox", scale=N
 
 def test_coco_numbers_equal_pycocotools_on_the_same_input():
     rng = np.random.default_rng(2)
-    predictions, truths = _random_images(rng, 60, size=400)
+    predictions, truths = random_images(rng, 60, size=400)
     evaluator = CocoEvaluator(["a", "b", "c"])
     evaluator.add(predictions[:25], truths[:25])
     evaluator.add(predictions[25:], truths[25:])
@@ -388,7 +359,7 @@ def test_coco_size_ranges_use_original_pixels():
                                    original_sizes=[(200, 100)])["coco_metrics"]
     assert (original["AP_small"], original["AP_medium"]) == (pytest.approx(1), -1)
     rng = np.random.default_rng(3)
-    predictions, truths = _random_images(rng, 30, size=300)
+    predictions, truths = random_images(rng, 30, size=300)
     scales = [(0.5, 0.5)] * 30
     evaluator = CocoEvaluator(["a", "b", "c"])
     evaluator.add(predictions, truths, image_sizes=[(600, 600)] * 30, original_sizes=[(300, 300)] * 30)
@@ -418,7 +389,7 @@ def test_coco_segm_equals_pycocotools():
 
 def test_faster_coco_eval_backend_gives_the_same_numbers():
     rng = np.random.default_rng(4)
-    predictions, truths = _random_images(rng, 40, size=400)
+    predictions, truths = random_images(rng, 40, size=400)
     numbers = {}
     for backend in ("pycocotools", "faster-coco-eval"):
         evaluator = CocoEvaluator(["a", "b", "c"], backend=backend)
