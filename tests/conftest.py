@@ -31,6 +31,21 @@ def datasets() -> Path:
     return DATASETS
 
 
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """Empty torch and Hugging Face caches, and no network; model specs derived from one test's cache
+    (timm and Hugging Face names) stay in that test."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("VISIONSWEEP_OFFLINE", "1")
+    import huggingface_hub.constants as hf_constants
+
+    from visionsweep.models import registry
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(registry, "_OPEN_SPECS", {})
+    return tmp_path
+
+
 def write_color_dataset(folder: Path, per_class: int = 6, size: int = 24, multilabel: bool = False) -> Path:
     """A learnable toy set: reddish images are 'red', bluish ones 'blue' (multi-label: a green
     stripe adds 'striped'). Returns the JSONL file."""

@@ -12,13 +12,14 @@ import pytest
 import visionsweep
 from visionsweep import cli
 from visionsweep.data import importer_names, importers
-from visionsweep.model_catalog import model_names
+from visionsweep.model_catalog import OPEN_MODELS_HINT, model_names
 from visionsweep.sweep.commands import add_sweep_commands
 from visionsweep.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "predict", "evaluate", "validate-data", "convert", "run", "status", "dashboard", "models",
-            "example", "export", "serve", "report"}
+            "example", "export", "serve", "report", "weights"}
+SUBCOMMANDS = {"weights list", "weights download", "weights import"}
 
 
 def _walk(parser: argparse.ArgumentParser, path: str = ""):
@@ -44,7 +45,7 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
 
 def test_every_argument_of_every_command_has_help():
     parser = cli._parser()
-    assert {path for path, _ in _walk(parser)} == COMMANDS | {""}
+    assert {path for path, _ in _walk(parser)} == COMMANDS | SUBCOMMANDS | {""}
     assert _undocumented(parser) == []
 
 
@@ -103,7 +104,8 @@ def test_models_lists_the_models_of_each_task_with_its_default(capsys):
     # In process: test_end_to_end_classification.py runs the console script (slow).
     assert cli.main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}" for task in Task]
+    assert lines == [f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}" for task in Task] \
+        + [f"classification also takes {OPEN_MODELS_HINT}"]
     assert cli.main(["models", "--task", "image_object_detection"]) == 0
     detection = [line for line in lines if line.startswith("image_object_detection ")]
     assert capsys.readouterr().out.splitlines() == detection == [

@@ -39,17 +39,6 @@ def test_forward_and_backward(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    """Empty torch and Hugging Face caches, and no network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("VISIONSWEEP_OFFLINE", "1")
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
-
-
 def _imagenet_resnet18(path):
     reference = torchvision.models.resnet18(num_classes=1000)
     torch.save(reference.state_dict(), path)

@@ -212,7 +212,8 @@ def test_family_builds_mask_loaders_and_scores_masks(tmp_path):
     assert (loaders.train.batch_size, loaders.validation.batch_size) == (2, 1)  # the reference's R-CNN defaults
     assert next(iter(loaders.validation)).targets[0]["masks"].shape[0] == 1
     # A box detector neither serves the task nor, when picked for boxes, gets the mask family.
-    with pytest.raises(SettingsError, match="model_name: got 'fasterrcnn_resnet18_fpn'"):
+    with pytest.raises(SettingsError, match="model_name: fasterrcnn_resnet18_fpn is a rcnn model, which does not serve "
+                                            "image_instance_segmentation"):
         resolve_settings(TASK, {"model_name": "fasterrcnn_resnet18_fpn"})
     boxes = family_for(settings.model_copy(update={"model_name": "fasterrcnn_resnet18_fpn"}), ["square"],
                        torch.device("cpu"), None)

@@ -197,7 +197,8 @@ def validate_data(task: Task | str, data: str | Path, validation_data: str | Pat
     (faster; an image damaged further in, such as a JPEG cut short, is then found only by training).
     The reports say which check ran (``images_checked``).
     """
-    return prepare_run(task, data, validation_data, settings=settings, decode_images=decode_images).data
+    return prepare_run(task, data, validation_data, settings=settings, decode_images=decode_images,
+                       check_weights=False).data
 
 
 def export(model: str | Path, output: str | Path | None = None, *, format: str = "onnx",

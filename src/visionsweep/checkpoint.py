@@ -33,10 +33,12 @@ PARTIAL_SUFFIX = ".partial"
 def save_checkpoint(path: Path, *, model: nn.Module, task: str, model_name: str, labels: list[str],
                     settings: dict[str, Any], epoch: int, score: float | None, metrics: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, schedule: Any = None,
-                    training_state: dict[str, Any] | None = None) -> Path:
+                    training_state: dict[str, Any] | None = None, architecture: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (a killed run never leaves a half-written file behind).
 
-    ``training_state`` (tensors and plain data) is stored as it is, for resuming the run.
+    ``training_state`` (tensors and plain data) is stored as it is, for resuming the run;
+    ``architecture`` (plain data: a Hugging Face model's config, ``ModelSpec.architecture``) builds the
+    model again where that config is not cached.
 
     Leftover ``*.pt.partial`` files of an interrupted save in the same folder are removed. Raises
     TypeError, before writing anything, if some entry is not a tensor or plain data.
@@ -53,6 +55,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, task: str, model_name: str,
         content["lr_scheduler_state"] = schedule.state_dict()
     if training_state is not None:
         content["training_state"] = training_state
+    if architecture is not None:
+        content["model_architecture"] = architecture
     _check_plain(content, "checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob("*.pt" + PARTIAL_SUFFIX):
@@ -151,7 +155,7 @@ _REQUIRED = {
 _OPTIONAL = {
     "epoch": ("an integer", (int, type(None))), "score": ("a number", (int, float, type(None))),
     "metrics": ("a dict", (dict,)), "optimizer_state": ("a dict", (dict,)), "lr_scheduler_state": ("a dict", (dict,)),
-    "training_state": ("a dict", (dict,)),
+    "training_state": ("a dict", (dict,)), "model_architecture": ("a dict", (dict,)),
 }
 
 

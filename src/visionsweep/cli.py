@@ -178,7 +178,30 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the model names of a task (or of every task)")
     models.add_argument("--task", help=f"only this task, one of: {tasks}")
+    models.add_argument("--search", metavar="WORD", help="list timm's model names containing WORD instead (any of "
+                                                         "them is a classification model_name: docs/models.md)")
     models.set_defaults(handler=_models)
+
+    weights = commands.add_parser("weights", help="the pretrained files models need: list, download, import "
+                                                  "(machines without network: docs/models.md)")
+    weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND",
+                                             help="list, download or import")
+    listing = weight_commands.add_parser("list", help="which files each model needs, where they are cached, which "
+                                                      "are present")
+    listing.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: every catalog model)")
+    listing.set_defaults(handler=_weights_list)
+    download = weight_commands.add_parser("download", help="download the files of these models (a connected machine)")
+    download.add_argument("models", nargs="+", metavar="MODEL", help="model names")
+    download.add_argument("--into", metavar="DIR", help="into this folder, with a manifest of hashes for 'weights "
+                                                        "import' (default: into the caches)")
+    download.set_defaults(handler=_weights_download)
+    importing = weight_commands.add_parser("import", help="put downloaded files into the caches, checked by hash")
+    importing.add_argument("paths", nargs="+", metavar="PATH", help="a folder 'weights download --into' wrote, or "
+                                                                    "weights files")
+    importing.add_argument("--model", help="the model the files belong to (needed for generic names such as "
+                                           "model.safetensors)")
+    importing.add_argument("--sha256", help="the SHA-256 the single file must have (as its source publishes it)")
+    importing.set_defaults(handler=_weights_import)
 
     report = commands.add_parser("report", help="write report.html of a run folder or a sweep folder again "
                                                 "(docs/reports.md)")
@@ -388,12 +411,51 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from visionsweep.model_catalog import model_names
+    from visionsweep.model_catalog import OPEN_MODELS_HINT, model_names
     from visionsweep.tasks import Task, parse_task
 
+    if args.search is not None:
+        from visionsweep.models.open_models import search_timm_models
+
+        found = search_timm_models(args.search)
+        print("\n".join(found) if found else f"no timm model name contains {args.search!r}")
+        return 0
     tasks = [parse_task(args.task)] if args.task else list(Task)
     for task in tasks:
         print(f"{task.value} (default {task.default_model}): {', '.join(model_names(task))}")
+    if any(task.is_classification for task in tasks):
+        print(f"classification also takes {OPEN_MODELS_HINT}")
+    return 0
+
+
+def _weights_list(args: argparse.Namespace) -> int:
+    from visionsweep.models.weight_store import check_model_name, list_weights
+
+    for name in args.models:
+        check_model_name(name)
+    for row in list_weights(args.models or None):
+        state = "present" if row["present"] else "missing"
+        print(f"{row['model']}\t{row['role']}\t{state}\t{row['cache_path']}\t{row['origin']}")
+    return 0
+
+
+def _weights_download(args: argparse.Namespace) -> int:
+    from visionsweep.models.weight_store import check_model_name, download_weights
+
+    for name in args.models:
+        check_model_name(name)
+    for path in download_weights(args.models, Path(args.into) if args.into else None):
+        print(path)
+    return 0
+
+
+def _weights_import(args: argparse.Namespace) -> int:
+    from visionsweep.models.weight_store import check_model_name, import_weights
+
+    if args.model is not None:
+        check_model_name(args.model)
+    for path in import_weights(args.paths, model=args.model, sha256=args.sha256):
+        print(path)
     return 0
 
 

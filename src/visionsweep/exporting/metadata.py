@@ -6,7 +6,7 @@ plain string), read back with a clear error when a file lacks them or they do no
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,9 @@ class OnnxMetadata:
     ``input_shape`` is (batch, 3, height, width) with None where any size goes; ``input_range`` is
     "0-1" or "0-255"; ``normalization`` the (mean, std) the graph expects its input to be normalised
     with (``normalized_in_graph``: the graph does it itself); ``outputs`` maps each output name to
-    what it holds; ``settings`` are the model's inference settings as the training run resolved them.
+    what it holds; ``settings`` are the model's inference settings as the training run resolved them;
+    ``model_architecture`` what builds the model where its name alone does not (a Hugging Face model's
+    config: ``ModelSpec.architecture``), so the file predicts on a machine without that config.
     """
 
     task: str
@@ -42,6 +44,7 @@ class OnnxMetadata:
     box_score_thresh: float | None
     nms_iou_thresh: float | None
     settings: dict[str, Any]
+    model_architecture: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def write(self, model: onnx.ModelProto) -> None:
@@ -77,7 +80,8 @@ class OnnxMetadata:
             if version != FORMAT_VERSION:
                 raise ExportError(f"{source}: metadata format {version!r}, this visionsweep reads format "
                                   f"{FORMAT_VERSION}; export the model folder again with this version")
-            fields = {name: values[name] for name in cls.__dataclass_fields__}
+            fields = {name: values[name] if field.default is MISSING else values.get(name, field.default)
+                      for name, field in cls.__dataclass_fields__.items()}
             return cls(**fields)
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ExportError(f"{source}: its visionsweep metadata is incomplete or damaged ({error}); export the "

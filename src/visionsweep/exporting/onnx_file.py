@@ -21,6 +21,7 @@ from visionsweep.exporting.batching import BATCH_INDEX
 from visionsweep.exporting.graph import ExportOptions, to_onnx
 from visionsweep.exporting.metadata import OnnxMetadata
 from visionsweep.families.selection import family_for
+from visionsweep.models import get_model_spec
 from visionsweep.settings import Settings
 
 if TYPE_CHECKING:  # imported where a file is written (see graph.py)
@@ -57,7 +58,8 @@ def export_onnx(model: nn.Module, settings: Settings, labels: Sequence[str], out
         normalized_in_graph=graph.normalized_in_graph, outputs=_outputs(proto, graph.outputs),
         nms_in_graph=graph.nms_in_graph,
         box_score_thresh=getattr(settings, "box_score_thresh", None),
-        nms_iou_thresh=getattr(settings, "nms_iou_thresh", None), settings=settings.to_dict())
+        nms_iou_thresh=getattr(settings, "nms_iou_thresh", None), settings=settings.to_dict(),
+        model_architecture=get_model_spec(settings.model_name).architecture)
     metadata.write(proto)
     try:
         onnx.checker.check_model(proto)

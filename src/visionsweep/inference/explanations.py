@@ -29,7 +29,6 @@ from visionsweep.errors import DataError, SettingsError
 from visionsweep.explaining.options import ExplanationOptions
 from visionsweep.families.classification.transforms import validation_transform
 from visionsweep.models import explanation_problem, get_model_spec, gradcam_layer
-from visionsweep.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from visionsweep.settings import Settings
 
 EXPLANATION_FIELDS = ("visualizations", "attributions")
@@ -73,8 +72,11 @@ class Explainer:
         self.device = device
         self.options = ExplanationOptions.from_settings(settings)
         self.multilabel = settings.task.is_multilabel
-        self.transform = validation_transform(settings.valid_resize_size, settings.valid_crop_size)
-        self.layer = gradcam_layer(get_model_spec(settings.model_name), model)
+        spec = get_model_spec(settings.model_name)
+        self.mean, self.std = spec.mean, spec.std
+        self.transform = validation_transform(settings.valid_resize_size, settings.valid_crop_size, mean=spec.mean,
+                                              std=spec.std)
+        self.layer = gradcam_layer(spec, model)
 
     def fields(self, record: ImageRecord, probabilities: np.ndarray) -> dict[str, Any]:
         """``visualizations`` and ``attributions`` of one predicted image (``probabilities`` its prediction)."""
@@ -85,8 +87,8 @@ class Explainer:
             return dict.fromkeys(EXPLANATION_FIELDS)
         image = self._image(record)
         titles = [f"{self.labels[c]} ({round(float(probabilities[c]), 4)})" for c in classes]
-        explanations = explain_image(self.model, image, classes, self.options, titles=titles, mean=IMAGENET_MEAN,
-                                     std=IMAGENET_STD, gradcam_layer=self.layer, multilabel=self.multilabel,
+        explanations = explain_image(self.model, image, classes, self.options, titles=titles, mean=self.mean,
+                                     std=self.std, gradcam_layer=self.layer, multilabel=self.multilabel,
                                      seed=self.settings.seed)
         figures = [base64.b64encode(e.figure_png).decode("ascii") for e in explanations] \
             if self.options.visualizations else None

@@ -97,6 +97,8 @@ def load_onnx_model(path: str | Path, *, overrides: Mapping[str, Any] | None = N
     except ValueError:
         raise ExportError(f"{path}: its metadata names task {metadata.task!r}, which this visionsweep does not "
                           "know") from None
+    if metadata.model_architecture is not None:  # builds the family's inputs where the model's config is not cached
+        get_model_spec(metadata.model_name, metadata.model_architecture)
     stored = {k: v for k, v in metadata.settings.items() if k != "task"}
     settings = resolve_settings(task, {**stored, **dict(overrides or {}), "pretrained": False,
                                        "pretrained_weights": None})
@@ -129,7 +131,7 @@ def _load_checkpoint(checkpoint: Path, overrides: Mapping[str, Any] | None,
                                        "pretrained_weights": None})
     for note in settings.notes:
         log.warning("setting note: %s", note)
-    spec = get_model_spec(content["model_name"])
+    spec = get_model_spec(content["model_name"], content.get("model_architecture"))
     model = build_model(spec, len(content["labels"]), settings.model_dump(), pretrained=False,
                         pretrained_weights=None, layers_to_freeze=None)
     state = content["model_state"]

@@ -9,12 +9,13 @@ from visionsweep.models import classification  # noqa: F401  (registers the clas
 from visionsweep.models import detection  # noqa: F401  (registers the R-CNN detectors)
 from visionsweep.models.yolo import registration  # noqa: F401  (registers yolov5)
 from visionsweep.models.registry import (
-    ModelSpec, build_model, explanation_problem, get_model_spec, gradcam_layer, is_model, list_models, register_model,
+    ModelSpec, build_model, explanation_problem, get_model_spec, gradcam_layer, input_size_problem, is_model, list_models,
+    register_model,
 )
 from visionsweep.tasks import Task, parse_task
 
 __all__ = ["ModelSpec", "build_model", "create_model", "explanation_problem", "get_model_spec", "gradcam_layer",
-           "is_model", "list_models", "register_model"]
+           "input_size_problem", "is_model", "list_models", "register_model"]
 
 
 def create_model(model_name: str, num_classes: int, *, task: Task | str | None = None, **settings: Any) -> nn.Module:

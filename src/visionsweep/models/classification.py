@@ -12,9 +12,9 @@ from typing import Any
 
 import timm
 import torchvision.models as tvm
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from visionsweep.models.open_models import resample_position_embedding
 from visionsweep.models.registry import register_model
 from visionsweep.models.weights import WeightsSource
 
@@ -92,20 +92,11 @@ def seresnext(num_classes: int) -> nn.Module:
     return timm.create_model("seresnext50_32x4d", num_classes=num_classes)
 
 
-def _vit_state_for_size(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Resample a pretrained position embedding to the patch grid of ``model`` (its crop size)."""
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
-        grid = model.patch_embed.grid_size
-        state = {**state, "pos_embed": resample_abs_pos_embed(state["pos_embed"], new_size=list(grid),
-                                                              num_prefix_tokens=1)}
-    return state
-
-
 def _vit(name: str, timm_name: str):
     def register(builder):
         return register_model(name, layer_groups=_VIT_GROUPS,
                               weights=_timm(timm_name), head_prefixes=("head.",),
-                              adapt_pretrained=_vit_state_for_size)(builder)
+                              adapt_pretrained=resample_position_embedding, fixed_input_size=True)(builder)
     return register
 
 

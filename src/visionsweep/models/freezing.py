@@ -24,6 +24,10 @@ def layers_to_freeze_problem(model_name: str, groups: tuple[tuple[str, ...], ...
     """Why ``layers_to_freeze=count`` does not fit a model with these layer groups; None when it does."""
     if count is None or count <= len(groups):
         return None
+    if not groups:
+        return (f"layers_to_freeze: got {count}; visionsweep does not know the layer groups of {model_name} "
+                "(a Hugging Face model, or a timm model without a group matcher), so it cannot freeze any; "
+                "leave layers_to_freeze unset, or use a timm or catalog model")
     names = ", ".join("+".join(p.rstrip(".") for p in group) for group in groups)
     return (f"layers_to_freeze: got {count}; {model_name} has {len(groups)} layer groups ({names}), "
             f"so use 0 to {len(groups)}")

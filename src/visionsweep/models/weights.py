@@ -71,8 +71,10 @@ def offline() -> bool:
                ("VISIONSWEEP_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def find_weights(model_name: str, source: WeightsSource | None, explicit_file: str | os.PathLike | None) -> Path:
-    """Return a local weights file for ``model_name``, downloading it into the cache if needed."""
+def find_weights(model_name: str, source: WeightsSource | None, explicit_file: str | os.PathLike | None, *,
+                 what: str = "pretrained weights", attempts: int = _DOWNLOAD_ATTEMPTS) -> Path:
+    """Return a local file of ``model_name`` (its pretrained weights, or ``what`` else, such as a Hugging
+    Face model's config), downloading it into the cache if needed."""
     if explicit_file is not None:
         path = Path(explicit_file)
         if not path.is_file():
@@ -86,23 +88,26 @@ def find_weights(model_name: str, source: WeightsSource | None, explicit_file: s
     if cached is not None:
         return cached
     where = source.url or f"the Hugging Face repository {source.hf_repo}"
-    hint = (f"Put the file at {source.cache_path()} (from {where}), pass pretrained_weights=PATH, "
-            "or set pretrained=false to train from scratch.")
+    hint = (f"Put the file at {source.cache_path()} (from {where}; 'visionsweep weights download {model_name}' on "
+            f"a connected machine, then 'visionsweep weights import' here)")
+    hint += ", pass pretrained_weights=PATH, or set pretrained=false to train from scratch." \
+        if what == "pretrained weights" else "."
     if offline():
         raise WeightsUnavailableError(
-            f"no pretrained weights for {model_name}: not in the cache and downloads are off (offline mode). {hint}")
+            f"no {what} for {model_name}: not in the cache and downloads are off (offline mode). {hint}")
     error: Exception | None = None
-    for attempt in range(_DOWNLOAD_ATTEMPTS):
+    for attempt in range(attempts):
         try:
             return source.download()
         except Exception as caught:  # network libraries raise many types; all mean "not downloaded"
             error = caught
-            log.warning("download of %s weights failed (attempt %d of %d): %s", model_name, attempt + 1,
-                        _DOWNLOAD_ATTEMPTS, caught)
-            if attempt + 1 < _DOWNLOAD_ATTEMPTS:
+            if attempts > 1:
+                log.warning("download of %s %s failed (attempt %d of %d): %s", model_name, what, attempt + 1,
+                            attempts, caught)
+            if attempt + 1 < attempts:
                 time.sleep(2**attempt)
     raise WeightsUnavailableError(
-        f"no pretrained weights for {model_name}: not in the cache and the download failed "
+        f"no {what} for {model_name}: not in the cache and the download failed "
         f"({type(error).__name__}: {error}). {hint}")
 
 
@@ -126,18 +131,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_pretrained(
     model: nn.Module,
     model_name: str,
+    path: Path,
     source: WeightsSource | None,
     explicit_file: str | os.PathLike | None,
     *,
     skip_prefixes: tuple[str, ...] = (),
     adapt: Callable[[dict[str, Any], nn.Module], dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Load pretrained weights into ``model`` where names and shapes match; return the loaded keys.
+    """Load the weights file ``path`` (``find_weights``: ``explicit_file``, or the cached download of
+    ``source``) into ``model`` where names and shapes match; return the loaded keys.
 
     Keys under ``skip_prefixes`` (the classifier head) are never loaded. Raises when nothing matches,
     which means the file belongs to another architecture.
     """
-    path = find_weights(model_name, source, explicit_file)
     try:
         state = source.reader(path) if source is not None and source.reader is not None else read_state_dict(path)
     except WeightsUnavailableError as error:

@@ -32,6 +32,7 @@ def task_model_defaults(task: Task, model_name: str, given: Mapping[str, Any]) -
         if vit:
             defaults["grad_clip_type"] = "norm"
             defaults["train_crop_size"] = given.get("valid_crop_size", 224)
+        defaults.update(_open_model_inputs(model_name, given))
     elif model_name == "yolov5":
         # The public documentation's values, which win over the vendor code's 12 and 0.0075.
         defaults.update(number_of_epochs=30, training_batch_size=16, validation_batch_size=16, learning_rate=0.01,
@@ -40,6 +41,31 @@ def task_model_defaults(task: Task, model_name: str, given: Mapping[str, Any]) -
         defaults.update(number_of_epochs=15, training_batch_size=2, validation_batch_size=1, learning_rate=0.005,
                         num_workers=_workers(4))
     return defaults
+
+
+_INPUT_KEYS = ("valid_crop_size", "valid_resize_size", "train_crop_size")
+
+
+def _open_model_inputs(model_name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm or Hugging Face model's crop and resize sizes, from its own config, for those not given.
+
+    Nothing is looked up when all are given (a trained model's settings) or the name is the catalog's.
+    A config that cannot be read leaves the reference defaults here: building the model reports it.
+    """
+    from visionsweep.model_catalog import open_model_source
+
+    if all(key in given for key in _INPUT_KEYS) or open_model_source(model_name) is None:
+        return {}
+    from visionsweep.errors import WeightsUnavailableError
+    from visionsweep.models.open_models import open_model_spec
+
+    try:
+        spec = open_model_spec(model_name)
+    except WeightsUnavailableError:
+        return {}
+    crop = given.get("valid_crop_size", spec.input_size)
+    return {"valid_crop_size": spec.input_size, "valid_resize_size": max(spec.resize_size, crop),
+            "train_crop_size": crop if spec.fixed_input_size else spec.input_size}
 
 
 def cpu_count() -> int:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 from pydantic import ValidationError
 
 from visionsweep.errors import SettingsError
-from visionsweep.model_catalog import model_names
+from visionsweep.model_catalog import model_name_problem
 from visionsweep.json_files import DuplicateJsonKeyError, parse_json
 from visionsweep.settings.defaults import cpu_count, task_model_defaults
 from visionsweep.settings.schema import Settings, combination_problems, scope_of
@@ -63,8 +63,10 @@ def resolve_settings(task: Task | str, values: Mapping[str, Any] | None = None) 
     given.pop("task", None)
 
     model_name = given.get("model_name", task.default_model)
-    if model_name not in model_names(task):
-        problems.append(f"model_name: got {model_name!r}; allowed for {task}: {', '.join(model_names(task))}")
+    problem = model_name_problem(task, model_name) if isinstance(model_name, str) else \
+        f"model_name: got {model_name!r}; give a model name (a string)"
+    if problem is not None:
+        problems.append(problem)
         model_name = task.default_model  # keep validating the other keys against the default model
     for key in list(given):
         problem = scope_problem(task, key)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from visionsweep.model_catalog import FIXED_INPUT_SIZE_MODELS, MASK_RCNN, RCNN, YOLOV5, models_of
+from visionsweep.model_catalog import FIXED_INPUT_SIZE_MODELS, MASK_RCNN, RCNN, YOLOV5, fixed_input_size_problem, models_of
 from visionsweep.tasks import Task
 
 RCNN_MODELS = models_of(RCNN, MASK_RCNN)
@@ -294,10 +294,10 @@ def combination_problems(s: Settings) -> list[str]:
             problems.append(
                 f"valid_crop_size ({s.valid_crop_size}) is larger than valid_resize_size ({s.valid_resize_size}); "
                 "the centre crop must fit inside the resized image")
-        if s.model_name in FIXED_INPUT_SIZE_MODELS and s.train_crop_size != s.valid_crop_size:
-            problems.append(
-                f"{s.model_name} needs train_crop_size == valid_crop_size (got {s.train_crop_size} and "
-                f"{s.valid_crop_size}): the position embedding is built for one input size")
+        if s.model_name in FIXED_INPUT_SIZE_MODELS:
+            problem = fixed_input_size_problem(s.model_name, s.train_crop_size, s.valid_crop_size)
+            if problem is not None:
+                problems.append(problem)
     if not s.pretrained and s.pretrained_weights is not None:
         # Two instructions that cannot both be followed; which one was meant cannot be told.
         problems.append(f"pretrained_weights: got {s.pretrained_weights!r} but pretrained is false, which trains "

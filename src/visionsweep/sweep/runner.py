@@ -235,8 +235,9 @@ class _Worker:
 
     def _check_trials(self, space: SearchSpace | None) -> None:
         name = "AutoMode's search_space" if self.job.mode == "automode" else "search_space"
+        # Another trainer (a test's, a plugin's) may need no visionsweep weights: only ours are checked for them.
         problems, _ = check_trials(self.job.task, self.job.base_settings(), space, devices=self.devices,
-                                   space_name=name)
+                                   space_name=name, check_weights=self.trainer in _VISIONSWEEP_TRAINERS)
         if problems:
             raise SettingsError(problems, context="job file")
 

@@ -27,7 +27,7 @@ from visionsweep.sweep.space import SearchSpace, SubSpace
 from visionsweep.tasks import Task, parse_task
 
 # The keys whose values run_settings_problems reads; layers_to_freeze is judged against the model.
-_CHECKED_KEYS = ("model_name", "layers_to_freeze", "device", "pretrained", "pretrained_weights",
+_CHECKED_KEYS = ("model_name", "model_size", "layers_to_freeze", "device", "pretrained", "pretrained_weights",
                  "model_explainability", "xai_algorithm")
 _BASE = "training_parameters"
 # The checked keys whose problems depend on the model drawn with them.
@@ -36,7 +36,7 @@ _MODEL_DEPENDENT = ("layers_to_freeze", "xai_algorithm")
 
 def check_trials(task: Task | str, base: Mapping[str, Any], space: SearchSpace | None, *,
                  devices: Sequence[str] | None, check_files: bool = True, models_from_plan: bool = False,
-                 space_name: str = "search_space") -> tuple[list[str], list[str]]:
+                 space_name: str = "search_space", check_weights: bool = False) -> tuple[list[str], list[str]]:
     """(problems, notes) of the model-, machine- and file-dependent checks of every trial.
 
     ``base`` holds the settings every trial shares (already checked by the schema, as
@@ -47,18 +47,23 @@ def check_trials(task: Task | str, base: Mapping[str, Any], space: SearchSpace |
     ``models_from_plan``: AutoMode, whose runner picks the models from the hardware; unless ``base``
     pins ``model_name``, ``layers_to_freeze`` is checked when the runner calls this with the plan's
     space. ``space_name`` names the space in the problems (AutoMode's plan is not the job's).
+    ``check_weights``: also find (or download) the pretrained files of every model the trials can draw,
+    and name those missing in one problem (``weight_store.missing_files_problem``): the runner's check
+    before the first trial, so that an offline sweep stops once instead of failing every trial.
 
     A value that a distribution of the normal family reaches only at its 0.1 %/99.9 % quantile is a
     note (such trials are recorded failed), as in ``check_space``. Values the schema rejects are
     left to the schema's checks.
     """
-    from visionsweep.training.preflight import run_settings_problems  # here: it loads torch and the models
+    from visionsweep.models.weight_store import missing_files_problem  # here: they load torch and the models
+    from visionsweep.training.preflight import run_settings_problems
 
     task = parse_task(task)
     base = known_settings(task, {canonical_key(key): value for key, value in base.items()})
     gpus = None if devices is None else (1 if devices else 0)
     problems: list[str] = []
     notes: list[str] = []
+    drawn_runs = []
     subspaces = list(enumerate(space.subspaces)) if space is not None else [(None, SubSpace())]
     for index, sub in subspaces:
         here = f"{space_name}[{index}]" if index is not None else _BASE
@@ -71,6 +76,7 @@ def check_trials(task: Task | str, base: Mapping[str, Any], space: SearchSpace |
                 settings = resolve_settings(task, {key: value for key, (value, _, _) in drawn.items()})
             except SettingsError:
                 continue  # check_base_settings and check_space report what the schema rejects
+            drawn_runs.append(settings)
             for problem in run_settings_problems(settings, gpus=gpus, check_files=check_files):
                 line, unbounded = _line(problem, drawn, here)
                 if problem.startswith("device:") and devices is not None:
@@ -79,6 +85,10 @@ def check_trials(task: Task | str, base: Mapping[str, Any], space: SearchSpace |
                     notes.append(f"{line}; such trials will be recorded failed")
                 else:
                     problems.append(line)
+    if check_weights and not problems:
+        missing = missing_files_problem(drawn_runs)
+        if missing is not None:
+            problems.append(missing)
     return _unique(problems), _unique(notes)
 
 

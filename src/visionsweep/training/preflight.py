@@ -12,9 +12,10 @@ import torch
 
 from visionsweep.data.loading import TrainingData, load_training_data
 from visionsweep.data.tiling import Tiling
-from visionsweep.errors import CheckpointError, SettingsError
-from visionsweep.models import explanation_problem, get_model_spec
+from visionsweep.errors import CheckpointError, SettingsError, WeightsUnavailableError
+from visionsweep.models import explanation_problem, get_model_spec, input_size_problem
 from visionsweep.models.freezing import layers_to_freeze_problem
+from visionsweep.models.weight_store import missing_files_problem
 from visionsweep.settings import Settings, resolve_settings
 from visionsweep.tasks import Task, parse_task
 from visionsweep.checkpoint import incremental_checkpoint_path
@@ -35,7 +36,7 @@ class PreparedRun:
 
 def prepare_run(task: Task | str, data: str | Path, validation_data: str | Path | None = None, *,
                 settings: Settings | Mapping[str, Any] | None = None, label_column: str = "label",
-                decode_images: bool = False) -> PreparedRun:
+                decode_images: bool = False, check_weights: bool = True) -> PreparedRun:
     """Resolve and check every setting, then read, check and split the data.
 
     Problems the schema cannot see, because they need the model registry, this machine or the
@@ -44,6 +45,8 @@ def prepare_run(task: Task | str, data: str | Path, validation_data: str | Path 
     incremental-training checkpoint raises ``CheckpointError``. Data problems raise ``DataError``
     (see ``load_training_data``); with tiling, images too small for the grid are bad records.
     ``decode_images`` decodes every image in full instead of checking headers (validate-data's default).
+    ``check_weights``: then find (or download) the pretrained files the model needs, before it is built;
+    ``WeightsUnavailableError`` names those missing (``weight_store.missing_files_problem``).
     """
     task = parse_task(task)
     if not isinstance(settings, Settings):
@@ -57,13 +60,16 @@ def prepare_run(task: Task | str, data: str | Path, validation_data: str | Path 
                                 ignore_data_errors=settings.ignore_data_errors, label_column=label_column,
                                 max_image_pixels=settings.max_image_pixels, decode_images=decode_images,
                                 tiling=Tiling.from_settings(settings))
+    missing = missing_files_problem([settings]) if check_weights else None
+    if missing is not None:
+        raise WeightsUnavailableError(missing)
     return PreparedRun(settings, device, loaded)
 
 
 def run_settings_problems(settings: Settings, *, gpus: int | None, check_files: bool = True) -> list[str]:
     """The problems of ``settings`` that the schema cannot see, because they need the model registry,
     the machine or the file system: a ``model_name`` without a builder, ``layers_to_freeze`` beyond
-    the model's layer groups, an ``xai_algorithm`` the model does not support (with
+    the model's layer groups, crop sizes a model of one input size cannot take, an ``xai_algorithm`` the model does not support (with
     ``model_explainability``), a ``device`` that a process seeing ``gpus`` CUDA GPUs cannot use (None
     leaves the device unchecked), a ``pretrained_weights`` file that does not exist (unless not
     ``check_files``). Each problem starts with the key it is about (``layers_to_freeze: ...``).
@@ -76,8 +82,13 @@ def run_settings_problems(settings: Settings, *, gpus: int | None, check_files: 
         spec = get_model_spec(settings.model_name)
     except SettingsError as error:
         problems.extend(error.problems)
+    except WeightsUnavailableError:
+        pass  # a Hugging Face model whose config is missing: missing_files_problem says it with the rest
     else:
         problem = layers_to_freeze_problem(spec.name, spec.layer_groups, settings.layers_to_freeze)
+        if problem is not None:
+            problems.append(problem)
+        problem = input_size_problem(spec, settings.model_dump())
         if problem is not None:
             problems.append(problem)
         if settings.task.is_classification and settings.model_explainability:  # predictions the run's settings explain

@@ -454,7 +454,8 @@ class _EpochRecorder:
         save_checkpoint(path, model=model, task=self.task.value, model_name=self.settings.model_name,
                         labels=self.classes, settings=self.settings.to_dict(), epoch=epoch, score=score,
                         metrics=json_ready(metrics), optimizer=self.training.optimizer if with_optimizer else None,
-                        schedule=self.training.schedule if with_optimizer else None, training_state=training_state)
+                        schedule=self.training.schedule if with_optimizer else None, training_state=training_state,
+                        architecture=get_model_spec(self.settings.model_name).architecture)
 
 
 def _keep_metrics_up_to(metrics_file: Path, epoch: int) -> None:

@@ -24,6 +24,7 @@ from visionsweep.exporting.runtime import OnnxSession, check_fixed_settings
 from visionsweep.families.classification.onnx import OnnxClassifier, classifier_graph
 from visionsweep.families.classification.transforms import training_transform, validation_transform
 from visionsweep.families.loaders import make_loader
+from visionsweep.models import get_model_spec
 from visionsweep.settings import Settings
 
 
@@ -68,8 +69,9 @@ def class_weights(frequency: np.ndarray, num_images: int, *, multilabel: bool, w
 
 
 class ClassificationFamily(ModelFamily[ImageScores]):
-    """Classifiers of every backbone: images framed by ``training_transform`` / ``validation_transform``,
-    one logit per class. The loss is weighted by ``class_weights`` of the training records."""
+    """Classifiers of every backbone: images framed by ``training_transform`` / ``validation_transform``
+    and normalised as the model expects (``ModelSpec.mean``, ``std``), one logit per class. The loss is
+    weighted by ``class_weights`` of the training records."""
 
     def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink,
                  ranks: Ranks = SINGLE_PROCESS):
@@ -81,6 +83,8 @@ class ClassificationFamily(ModelFamily[ImageScores]):
         self.ranks = ranks
         self.track_training_metrics = settings.log_training_metrics == "Enable"
         self.criterion = self._criterion(None)
+        spec = get_model_spec(settings.model_name)
+        self.normalization = {"mean": spec.mean, "std": spec.std}
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # --- data --------------------------------------------------------------------------------------------
@@ -88,7 +92,7 @@ class ClassificationFamily(ModelFamily[ImageScores]):
     def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
         s = self.settings
         transform = training_transform(s.train_crop_size, augment=s.apply_automl_train_augmentations,
-                                       resize_ratio=s.valid_resize_size / s.valid_crop_size)
+                                       resize_ratio=s.valid_resize_size / s.valid_crop_size, **self.normalization)
         train_set = ClassificationDataset(train, self.classes, transform, self.multilabel)
         self.criterion = self._criterion(class_weights(
             class_frequencies(train, self.classes), len(train), multilabel=self.multilabel,
@@ -152,7 +156,7 @@ class ClassificationFamily(ModelFamily[ImageScores]):
     # --- export ------------------------------------------------------------------------------------------
 
     def onnx_graph(self, model: nn.Module, options: ExportOptions) -> OnnxGraph:
-        return classifier_graph(model, self.settings, options)
+        return classifier_graph(model, self.settings, options, **self.normalization)
 
     def onnx_model(self, session: OnnxSession) -> nn.Module:
         check_fixed_settings(session, self.settings, ["valid_crop_size"])
@@ -175,8 +179,8 @@ class ClassificationFamily(ModelFamily[ImageScores]):
 
     def _evaluation_dataset(self, records: Sequence[ImageRecord]) -> ClassificationDataset:
         s = self.settings
-        return ClassificationDataset(records, self.classes, validation_transform(s.valid_resize_size, s.valid_crop_size),
-                                     self.multilabel)
+        transform = validation_transform(s.valid_resize_size, s.valid_crop_size, **self.normalization)
+        return ClassificationDataset(records, self.classes, transform, self.multilabel)
 
     def _criterion(self, weights: torch.Tensor | None) -> nn.Module:
         weights = weights.to(self.device) if weights is not None else None

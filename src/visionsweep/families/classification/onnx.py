@@ -1,11 +1,13 @@
 """A classifier as an ONNX graph (the reference's contract, spec 6.4) and its ONNX Runtime stand-in.
 
 Input ``input1``: (N, 3, crop, crop) float RGB, resized and centre-cropped as at validation
-(``valid_resize_size``, ``valid_crop_size``) and normalised with the ImageNet mean and std, or with
+(``valid_resize_size``, ``valid_crop_size``) and normalised with the model's mean and std, or with
 ``enable_onnx_normalization`` in 0..255 (the graph normalises). Output ``output1``: (N, classes) raw
 logits (softmax or sigmoid are the caller's).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -13,20 +15,20 @@ from torch import nn
 from visionsweep.errors import SettingsError
 from visionsweep.exporting.graph import ExportOptions, InGraphNormalization, OnnxGraph
 from visionsweep.exporting.runtime import OnnxSession
-from visionsweep.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 from visionsweep.settings import Settings
 
 INPUT, OUTPUT = "input1", "output1"
 
 
-def classifier_graph(model: nn.Module, settings: Settings, options: ExportOptions) -> OnnxGraph:
+def classifier_graph(model: nn.Module, settings: Settings, options: ExportOptions, *, mean: Sequence[float],
+                     std: Sequence[float]) -> OnnxGraph:
     if options.nms:
         raise SettingsError(["nms: a classifier has no boxes to suppress; export without --nms"], context="export")
     crop = settings.valid_crop_size
     if settings.enable_onnx_normalization:
-        model = InGraphNormalization(model, IMAGENET_MEAN, IMAGENET_STD)
+        model = InGraphNormalization(model, mean, std)
     return OnnxGraph(model, torch.rand(options.batch or 1, 3, crop, crop), INPUT, {OUTPUT: "raw logits (N, classes)"},
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, normalized_in_graph=settings.enable_onnx_normalization)
+                     mean=tuple(mean), std=tuple(std), normalized_in_graph=settings.enable_onnx_normalization)
 
 
 class OnnxClassifier(nn.Module):
