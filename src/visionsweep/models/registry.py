@@ -9,7 +9,6 @@ Hugging Face classifiers) get their spec from ``visionsweep.models.open_models``
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from torch import nn
