@@ -95,6 +95,22 @@ def test_a_timm_vit_trains_at_one_size_and_loads_its_weights_resampled(offline_c
         create_model("test_vit", 3, valid_crop_size=64, valid_resize_size=72, train_crop_size=48)
 
 
+def test_a_timm_model_trains_predicts_and_exports_with_its_normalisation(tmp_path):
+    data = write_color_dataset(tmp_path / "data")
+    result = train(Task.CLASSIFICATION, data, settings={**TINY_SETTINGS, "model_name": "timm/test_convnext",
+                                                        "number_of_epochs": 1, "export_onnx": True,
+                                                        "layers_to_freeze": 1},
+                   output=tmp_path / "run", progress=False)
+    assert result.status == "completed"
+    from visionsweep.exporting.metadata import OnnxMetadata
+
+    metadata = OnnxMetadata.of_file(result.model_dir / "model.onnx")
+    assert metadata.normalization == {"mean": [0.5] * 3, "std": [0.5] * 3}  # timm's config, not ImageNet's
+    torch_lines = read_lines(predict(result.model_dir, data, output=tmp_path / "torch.jsonl").output)
+    onnx_lines = read_lines(predict(result.model_dir, data, output=tmp_path / "onnx.jsonl", runtime="onnxruntime").output)
+    assert np.allclose([line["probs"] for line in torch_lines], [line["probs"] for line in onnx_lines], atol=1e-4)
+
+
 def test_models_search_lists_timm_names(capsys):
     assert cli.main(["models", "--search", "convnext_ti"]) == 0
     names = capsys.readouterr().out.split()
