@@ -17,12 +17,15 @@
   contenders taking turns, and the run with the least CPU time is kept.
 
 ``accuracy`` trains from scratch for a fixed number of epochs on od_train (100 images) and scores the
-28 od_val images with visionsweep's VOC evaluator at IoU 0.5 and score threshold 0.001, for visionsweep
-and (with ``--peer-python``) the peer, which run at the same time, one thread each.
+28 od_val images with visionsweep's VOC evaluator at IoU 0.5 and score threshold 0.001, for visionsweep,
+(with ``--peer-python``) the Ultralytics peer and (with ``--yolov5-python``) the ``yolov5`` package 7.0.14,
+which packages the original anchor-based YOLOv5 repository (the architecture the reference uses), trained
+with its own defaults; all run at the same time, one thread each, with the same ``--seed``.
 
 Usage:
   python bench/yolo_throughput.py throughput [--sizes 320 640] [--train-images 32] [--repeat 2] [--peer-python PATH]
-  python bench/yolo_throughput.py accuracy [--img-size 160] [--epochs 30] [--peer-python PATH]
+  python bench/yolo_throughput.py accuracy [--img-size 160] [--epochs 30] [--seed 0] [--peer-python PATH]
+      [--yolov5-python PATH]
 """
 from __future__ import annotations
 
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--peer-python", help="a Python interpreter with ultralytics installed")
+    parser.add_argument("--yolov5-python", help="accuracy: a Python interpreter with the yolov5 package (7.0.14) "
+                                                "installed: the original YOLOv5 repository's anchor-based model")
+    parser.add_argument("--seed", type=int, default=0, help="accuracy: the seed of every contender")
     parser.add_argument("--work", type=Path, help="folder for runs and converted data (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -207,29 +213,34 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     train_file = _subset(args.data / "od_train.jsonl", 100, work / "train.jsonl")
     val_file = _subset(args.data / "od_val.jsonl", 28, work / "val.jsonl")
     result = {"img_size": args.img_size, "epochs": args.epochs, "train_images": 100, "val_images": 28}
-    peer = None
-    if args.peer_python:
-        peer_data = _peer_dataset(work / "peer", train_file, val_file)
-        peer = _start_peer(args.peer_python, {
-            "mode": "accuracy", "data": str(peer_data), "imgsz": args.img_size, "batch": BATCH,
-            "epochs": args.epochs, "project": str(work / "peer_runs"), "threads": 1,
-            "val_images": str(peer_data.parent / "val" / "images"), "predictions": str(work / "peer_predictions.jsonl")})
+    result["seed"] = args.seed
+    peers = {}
+    for name, python, program in (("peer", args.peer_python, _PEER_PROGRAM),
+                                  ("yolov5_package", args.yolov5_python, _YOLOV5_PACKAGE_PROGRAM)):
+        if python:  # each peer trains in its own process while visionsweep trains in this one
+            peer_data = _peer_dataset(work / "peer", train_file, val_file)
+            peers[name] = _start_peer(python, {
+                "mode": "accuracy", "data": str(peer_data), "imgsz": args.img_size, "batch": BATCH,
+                "epochs": args.epochs, "project": str(work / f"{name}_runs"), "threads": 1, "seed": args.seed,
+                "val_images": str(peer_data.parent / "val" / "images"),
+                "predictions": str(work / f"{name}_predictions.jsonl")}, program)
     torch.set_num_threads(1)
     started = time.perf_counter()
     run = train(OD, train_file, val_file, output=work / "visionsweep_run", progress=False, overwrite=True,
                 settings=_settings(args.img_size, number_of_epochs=args.epochs, early_stopping=False,
-                                   validation_metric_type="coco_voc"))
+                                   validation_metric_type="coco_voc", seed=args.seed))
     ours = {"train_wall_s": round(time.perf_counter() - started, 1), "best_epoch": run.best_epoch,
             "best_validation_map50_at_0.1": run.best_score}
     metrics, _ = evaluate(run.run_dir, data=val_file, settings={"box_score_thresh": 0.001})
     ours.update(voc_map50=metrics["mean_average_precision"], coco_ap50=metrics["coco_metrics"]["AP50"],
                 coco_ap=metrics["coco_metrics"]["AP"])
     result["visionsweep"] = ours
-    if peer is not None:
-        peer_result = _finish_peer(peer)
-        scored, _ = evaluate(data=val_file, task=OD, predictions=work / "peer_predictions.jsonl")
-        peer_result["voc_map50_by_visionsweep"] = scored["mean_average_precision"]
-        result["peer"] = peer_result
+    for name, process in peers.items():
+        peer_result = _finish_peer(process)
+        if "error" not in peer_result:
+            scored, _ = evaluate(data=val_file, task=OD, predictions=work / f"{name}_predictions.jsonl")
+            peer_result["voc_map50_by_visionsweep"] = scored["mean_average_precision"]
+        result[name] = peer_result
     return result
 
 
@@ -286,11 +297,13 @@ def _peer_dataset(folder: Path, train_file: Path, val_file: Path) -> Path:
     return folder / "data.yaml"
 
 
-def _start_peer(python: str, options: dict) -> subprocess.Popen:
+def _start_peer(python: str, options: dict, program: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(Path(options["project"]) / "config"),
                OMP_NUM_THREADS=str(options.get("threads", 1)))
-    return subprocess.Popen([python, "-c", _PEER_PROGRAM, json.dumps(options)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    log = Path(options["project"]) / "peer.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([python, "-c", program or _PEER_PROGRAM, json.dumps(options)], env=env,
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
 
 
 def _finish_peer(process: subprocess.Popen) -> dict:
@@ -322,7 +335,7 @@ model.add_callback("on_train_epoch_start", mark("start"))
 model.add_callback("on_train_epoch_end", mark("end"))
 common = dict(data=options["data"], imgsz=options["imgsz"], batch=options["batch"], device="cpu", workers=0,
               pretrained=False, amp=False, plots=False, project=options["project"], exist_ok=True, verbose=False,
-              seed=0)
+              seed=options.get("seed", 0))
 images = sorted(str(p) for p in Path(options["val_images"]).iterdir())
 result = {"parameters": sum(p.numel() for p in model.model.parameters())}
 if options["mode"] == "throughput":
@@ -356,6 +369,49 @@ else:
                      for box, label, score in zip(found.boxes.xyxyn.tolist(), found.boxes.cls.tolist(),
                                                   found.boxes.conf.tolist())]
             out.write(json.dumps({"filename": str(Path(found.path).resolve()), "boxes": boxes}) + "\n")
+print(json.dumps(result))
+'''
+
+
+# Run by the yolov5 package's interpreter (the original repository, release 7.0, packaged): yolov5s.yaml from
+# scratch with its own defaults (hyp.scratch-low, autoanchor, its EMA and best-fitness checkpoint), then
+# predictions of its best.pt at confidence 0.001; prints JSON. It checks for a font file, which it would
+# download (no network here): matplotlib's DejaVu Sans stands in for it (only labels are drawn with it).
+# NumPy 2 (which its pandas needs) renamed trapz, which its AP code calls: the new name stands in. Its code
+# reloads its own checkpoints as pickled objects, which torch >= 2.6 refuses by default: allowed here, in the
+# peer's own process, for the files it has just written (visionsweep never loads them).
+_YOLOV5_PACKAGE_PROGRAM = r'''
+import json, os, shutil, sys, time
+from pathlib import Path
+os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+import matplotlib
+import numpy
+import torch
+numpy.trapz = getattr(numpy, "trapz", None) or numpy.trapezoid
+options = json.loads(sys.argv[1])
+config = Path(options["project"]) / "config"
+config.mkdir(parents=True, exist_ok=True)
+os.environ["YOLOV5_CONFIG_DIR"] = str(config)
+shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", config / "Arial.ttf")
+torch.set_num_threads(options.get("threads", 1))
+import yolov5
+from yolov5 import train as yolov5_train
+started = time.perf_counter()
+yolov5_train.run(data=options["data"], cfg="yolov5s.yaml", weights="", epochs=options["epochs"],
+                 imgsz=options["imgsz"], batch_size=options["batch"], device="cpu", workers=0,
+                 project=options["project"], name="accuracy", exist_ok=True, noplots=True, seed=options.get("seed", 0))
+result = {"train_wall_s": round(time.perf_counter() - started, 1), "yolov5_version": yolov5.__version__}
+model = yolov5.load(str(Path(options["project"]) / "accuracy" / "weights" / "best.pt"), device="cpu")
+model.conf, model.iou, model.max_det = 0.001, 0.6, 300
+result["parameters"] = sum(p.numel() for p in model.parameters())
+names = model.names
+images = sorted(str(p) for p in Path(options["val_images"]).iterdir())
+with open(options["predictions"], "w") as out:
+    for path in images:
+        found = model(path, size=options["imgsz"]).xyxyn[0].tolist()
+        boxes = [{"box": dict(zip(("topX", "topY", "bottomX", "bottomY"), row[:4])), "label": names[int(row[5])],
+                  "score": row[4]} for row in found]
+        out.write(json.dumps({"filename": str(Path(path).resolve()), "boxes": boxes}) + "\n")
 print(json.dumps(result))
 '''
 
