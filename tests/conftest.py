@@ -39,10 +39,10 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONSWEEP_OFFLINE", "1")
     import huggingface_hub.constants as hf_constants
 
-    from visionsweep.models import registry
+    from visionsweep.models import open_models
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(registry, "_OPEN_SPECS", {})
+    monkeypatch.setattr(open_models, "_SPECS", {})
     return tmp_path
 
 

@@ -21,7 +21,7 @@ from conftest import TINY_SETTINGS, write_color_dataset
 from jsonl_helpers import read_lines
 from visionsweep import cli, predict, train
 from visionsweep.errors import SettingsError, WeightsUnavailableError
-from visionsweep.models import create_model, get_model_spec, registry
+from visionsweep.models import create_model, get_model_spec, open_models, registry
 from visionsweep.models.weight_store import MANIFEST, download_weights, import_weights, sha256_of
 from visionsweep.models.weights import WeightsSource
 from visionsweep.settings import resolve_settings
@@ -139,9 +139,9 @@ def test_a_hugging_face_checkpoint_trains_predicts_and_exports_anywhere(offline_
 
     # The model folder and its ONNX file predict without the Hugging Face cache: both keep the config.
     shutil.rmtree(offline_cache / "hf")
-    registry._OPEN_SPECS.clear()
+    open_models._SPECS.clear()
     onnx_lines = read_lines(predict(result.model_dir / "model.onnx", data, output=tmp_path / "onnx.jsonl").output)
-    registry._OPEN_SPECS.clear()
+    open_models._SPECS.clear()
     torch_lines = read_lines(predict(result.model_dir, data, output=tmp_path / "torch.jsonl").output)
     assert len(torch_lines) == len(onnx_lines) == 12
     assert np.allclose([line["probs"] for line in torch_lines], [line["probs"] for line in onnx_lines], atol=1e-4)
@@ -201,6 +201,17 @@ def test_weights_download_into_a_folder_then_import_checks_the_hashes(published_
         import_weights([carried])
     with pytest.raises(WeightsUnavailableError, match="does not start with"):  # the published name's hash
         import_weights([downloaded])
+    with pytest.raises(SettingsError, match="--sha256: the hash of one file"):  # never silently unused
+        import_weights([carried], sha256=sha256_of(downloaded))
+
+    # A crafted manifest cannot name files outside its folder, nor cache paths outside the caches.
+    entry = manifest["files"][0]
+    for crafted in ({**entry, "file": "../outside.pth"}, {**entry, "hf_repo": "../..", "url": None},
+                    {**entry, "filename": "../../escape.pth"}):
+        (carried / MANIFEST).write_text(json.dumps({"format": manifest["format"], "files": [crafted]}))
+        with pytest.raises(WeightsUnavailableError, match="is not a manifest"):
+            import_weights([carried])
+    assert not (offline_cache / "escape.pth").exists()
 
 
 def test_weights_import_refuses_files_that_do_not_load_safely(offline_cache, tmp_path, monkeypatch, capfd):

@@ -32,17 +32,25 @@ HF_CONFIG_FILE, HF_PREPROCESSOR_FILE, HF_WEIGHTS_FILE = "config.json", "preproce
 _MAX_CONFIG_BYTES = 4 * 2**20  # a model's config is kilobytes; refuse to parse anything near this
 
 
+_SPECS: dict[str, ModelSpec] = {}  # resolved once per process: a spec reads configs and builds a probe
+
+
 def open_model_spec(model_name: str, architecture: dict[str, Any] | None = None) -> ModelSpec:
     """The spec of a timm or Hugging Face model name (``model_catalog.open_model_source``).
 
     ``architecture``: a Hugging Face model's configuration as a checkpoint stored it (None: read it
-    from the cache or the hub). ``SettingsError`` for a name that is neither.
+    from the cache or the hub); given, it replaces the spec remembered for the name. ``SettingsError``
+    for a name that is neither.
     """
+    if architecture is None and model_name in _SPECS:
+        return _SPECS[model_name]
     source = open_model_source(model_name)
     if source == TIMM:
-        return timm_spec(model_name)
+        _SPECS[model_name] = timm_spec(model_name)
+        return _SPECS[model_name]
     if source == HUGGING_FACE:
-        return huggingface_spec(model_name, architecture)
+        _SPECS[model_name] = huggingface_spec(model_name, architecture)
+        return _SPECS[model_name]
     raise SettingsError([f"model_name: {model_name!r} is not a known model; use a name of 'visionsweep models', "
                          f"or {OPEN_MODELS_HINT}{_timm_suggestion(model_name)}"])
 
@@ -214,9 +222,9 @@ class HuggingFaceClassifier(nn.Module):
 
 def read_huggingface_architecture(repo: str) -> dict[str, Any]:
     """A Hugging Face checkpoint's config and preprocessor config, from the cache or the hub."""
-    config = _read_json(find_weights(repo, WeightsSource(filename=HF_CONFIG_FILE, hf_repo=repo), None, what="config"))
+    config = read_config_json(find_weights(repo, WeightsSource(filename=HF_CONFIG_FILE, hf_repo=repo), None, what="config"))
     try:
-        preprocessor = _read_json(find_weights(repo, WeightsSource(filename=HF_PREPROCESSOR_FILE, hf_repo=repo),
+        preprocessor = read_config_json(find_weights(repo, WeightsSource(filename=HF_PREPROCESSOR_FILE, hf_repo=repo),
                                                None, what="preprocessor config", attempts=1))
     except WeightsUnavailableError as error:
         log.warning("%s: no %s (%s); the input size comes from its config, the normalisation is ImageNet's",
@@ -225,7 +233,8 @@ def read_huggingface_architecture(repo: str) -> dict[str, Any]:
     return {"config": config, "preprocessor": preprocessor}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A model config file: a JSON object of bounded size (``WeightsUnavailableError`` otherwise)."""
     if path.stat().st_size > _MAX_CONFIG_BYTES:
         raise WeightsUnavailableError(f"{path} is {path.stat().st_size} bytes, too large for a model config")
     try:

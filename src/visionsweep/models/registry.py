@@ -66,24 +66,18 @@ def is_model(name: str) -> bool:
     return name in _REGISTRY or open_model_source(name) is not None
 
 
-_OPEN_SPECS: dict[str, ModelSpec] = {}  # timm and Hugging Face names, resolved once per process
-
-
 def get_model_spec(name: str, architecture: dict[str, Any] | None = None) -> ModelSpec:
     """The spec of ``name``: the catalog's, or one derived from a timm or Hugging Face model's config.
 
     ``architecture``: what a checkpoint kept to build the model (``ModelSpec.architecture``); given, it
     is used instead of reading the model's config from the cache or the hub, and remembered for later
-    lookups of the same name in this process.
+    lookups of the same name in this process (``open_models.open_model_spec``).
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if architecture is None and name in _OPEN_SPECS:
-        return _OPEN_SPECS[name]
     if open_model_source(name) is None:
         raise SettingsError([f"model_name: {name!r} has no builder; available: {', '.join(list_models())}"])
-    _OPEN_SPECS[name] = open_model_spec(name, architecture)
-    return _OPEN_SPECS[name]
+    return open_model_spec(name, architecture)
 
 
 GUIDED_GRADCAM = "guided_gradcam"  # the explanation method that needs a model's Grad-CAM layer

@@ -55,9 +55,9 @@ def model_files(model_name: str) -> list[ModelFile]:
     from visionsweep.models import get_model_spec
 
     if open_model_source(model_name) == HUGGING_FACE:  # the spec itself needs the config: list without it
-        from visionsweep.models.open_models import huggingface_files
+        from visionsweep.models.open_models import HF_CONFIG_FILE, HF_PREPROCESSOR_FILE, huggingface_files
 
-        roles = {"config.json": "config", "preprocessor_config.json": "preprocessor config (optional)"}
+        roles = {HF_CONFIG_FILE: "config", HF_PREPROCESSOR_FILE: "preprocessor config (optional)"}
         return [ModelFile(model_name, roles.get(f.filename, "weights"), f) for f in huggingface_files(model_name)]
     spec = get_model_spec(model_name)
     if callable(spec.weights):
@@ -92,7 +92,8 @@ def download_weights(model_names: Iterable[str], into: Path | None = None) -> li
                 raise WeightsUnavailableError(f"could not download {file.origin} ({name} {file.role}): "
                                               f"{type(error).__name__}: {error}") from None
             written.append(path)
-            entries.append({"model": name, "file": path.name, "filename": file.source.filename,
+            entries.append({"model": name, "file": (path.relative_to(into) if into else path).as_posix(),
+                            "filename": file.source.filename,
                             "url": file.source.url, "hf_repo": file.source.hf_repo, "sha256": sha256_of(path)})
     if into is not None:
         manifest = {"format": "visionsweep-weights/1", "files": entries}
@@ -105,12 +106,18 @@ def import_weights(paths: Iterable[str | Path], *, model: str | None = None, sha
 
     A folder written by ``download_weights`` is imported whole, each file checked against its manifest.
     A single file is matched to a model by its name (torchvision's, timm's and YOLOv5's file names are
-    unique), or belongs to ``model``; ``sha256`` is the hash it must have. Every file is checked against
-    the hash its source publishes, and read as training reads it, before it is copied.
+    unique), or belongs to ``model``; ``sha256`` is the hash it must have (one file only). Every file is
+    checked against the hash its source publishes, and read as training reads it, before it is copied.
     """
+    paths = [Path(given) for given in paths]
+    if sha256 is not None and (len(paths) != 1 or paths[0].is_dir()):
+        raise SettingsError(["--sha256: the hash of one file; give that file alone (a folder's files are checked "
+                             "against its manifest)"], context="weights import")
+    if model is not None and any(path.is_dir() for path in paths):
+        raise SettingsError(["--model: a folder's manifest names the model of each file; give --model with "
+                             "single files only"], context="weights import")
     stored = []
-    for given in paths:
-        path = Path(given)
+    for path in paths:
         if path.is_dir():
             stored.extend(_import_folder(path))
         elif path.is_file():
@@ -133,17 +140,12 @@ def _download_into(source: WeightsSource, folder: Path) -> Path:
     if source.hf_repo is not None:
         from huggingface_hub import hf_hub_download
 
-        local = Path(hf_hub_download(source.hf_repo, source.filename, local_dir=folder / _folder_name(source)))
-        return local
+        return Path(hf_hub_download(source.hf_repo, source.filename, local_dir=folder / source.hf_repo.replace("/", "--")))
     import torch
 
     target = folder / source.filename
     torch.hub.download_url_to_file(source.url, str(target), progress=False)
     return target
-
-
-def _folder_name(source: WeightsSource) -> str:
-    return source.hf_repo.replace("/", "--")
 
 
 def _import_folder(folder: Path) -> list[Path]:
@@ -153,24 +155,45 @@ def _import_folder(folder: Path) -> list[Path]:
                                       "--into' wrote, or the files one by one (with --model for generic names)")
     try:
         entries = json.loads(manifest_file.read_text(encoding="utf-8"))["files"]
-        files = [(folder / (_folder_name(WeightsSource(e["filename"], hf_repo=e["hf_repo"])) if e["hf_repo"] else "")
-                  / e["file"], e) for e in entries]
+        files = [(_manifest_path(folder, entry["file"]), _manifest_source(entry), entry["sha256"]) for entry in entries]
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsUnavailableError(f"{manifest_file} is not a manifest of 'visionsweep weights download': "
                                       f"{error}") from None
-    stored = []
-    for path, entry in files:
+    for path, _, _ in files:
         if not path.is_file():
             raise WeightsUnavailableError(f"{path}, listed in {manifest_file}, is missing")
-        source = WeightsSource(entry["filename"], url=entry["url"], hf_repo=entry["hf_repo"],
-                               reader=_known_reader(entry["filename"]))
-        stored.append(_import_file(path, source, expected=entry["sha256"]))
-    return stored
+    return [_import_file(path, source, expected=sha256) for path, source, sha256 in files]
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _manifest_path(folder: Path, file: str) -> Path:
+    """A file the manifest lists, which must lie inside its folder."""
+    path = (folder / file).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise ValueError(f"file {file!r} lies outside the folder")
+    return path
+
+
+def _manifest_source(entry: dict) -> WeightsSource:
+    """The source a manifest entry names. Its file name and repository become cache paths, so only plain
+    names pass (no ``..``, no folders): a crafted manifest cannot write outside the caches."""
+    filename, repo = entry["filename"], entry["hf_repo"]
+    parts = [filename] + (repo.split("/") if repo is not None else [])
+    if (repo is not None and repo.count("/") != 1) or not all(_SAFE_NAME.fullmatch(p) and ".." not in p for p in parts):
+        raise ValueError(f"filename {filename!r} / hf_repo {repo!r} are not plain names")
+    known = [f.source for f in _catalog_files() if f.source.filename == filename]
+    return WeightsSource(filename, url=entry["url"], hf_repo=repo, reader=known[0].reader if known else None)
+
+
+def _catalog_files() -> list[ModelFile]:
+    return [file for name in MODEL_FAMILIES for file in model_files(name)]
 
 
 def _source_for(filename: str, model: str | None) -> WeightsSource:
     """The source a file of this name stands for: among ``model``'s files, or all of the catalog's."""
-    candidates = [f for name in ([model] if model else MODEL_FAMILIES) for f in model_files(name)]
+    candidates = model_files(model) if model else _catalog_files()
     matching = [f.source for f in candidates if f.source.filename == filename]
     if len(matching) == 1:
         return matching[0]
@@ -180,14 +203,6 @@ def _source_for(filename: str, model: str | None) -> WeightsSource:
     raise WeightsUnavailableError(f"{filename} is not the name of a catalog model's weights file; say which model "
                                   "it belongs to with --model NAME (a timm or Hugging Face model's files are named "
                                   "model.safetensors, config.json ...)")
-
-
-def _known_reader(filename: str):
-    for name in MODEL_FAMILIES:
-        for file in model_files(name):
-            if file.source.filename == filename:
-                return file.source.reader
-    return None
 
 
 def _import_file(path: Path, source: WeightsSource, *, expected: str | None) -> Path:
@@ -211,14 +226,11 @@ def _import_file(path: Path, source: WeightsSource, *, expected: str | None) -> 
 
 def _check_readable(path: Path, source: WeightsSource) -> None:
     if path.suffix == ".json":
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as error:
-            raise WeightsUnavailableError(f"{path} is not a JSON config: {error}") from None
-        if not isinstance(content, dict):
-            raise WeightsUnavailableError(f"{path} is not a JSON object")
-        return
-    (source.reader or read_state_dict)(path)
+        from visionsweep.models.open_models import read_config_json
+
+        read_config_json(path)
+    else:
+        (source.reader or read_state_dict)(path)
 
 
 def _cache_target(source: WeightsSource) -> Path:
