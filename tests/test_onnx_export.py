@@ -428,7 +428,7 @@ def _expected_metadata(kind: str, settings) -> dict:
     if kind == "classifier":
         expected.update(input_shape=[None, 3, 32, 32], outputs=["output1"])
     elif kind == "yolo":
-        expected.update(input_shape=[None, 3, 64, 64], outputs=["output"], normalization=None,
+        expected.update(input_shape=[None, 3, None, None], outputs=["output"], normalization=None,
                         input_range="0-255" if normalized else "0-1")
     else:
         expected.update(input_shape=[None, 3, None, None], outputs=RCNN_OUTPUTS[kind])

@@ -70,7 +70,7 @@ def test_training_samples_are_images_and_tiles_cut_with_their_objects(tmp_path):
     assert all(tuple(mosaic[i].image.shape) == (3, 64, 64) for i in range(3))
 
 
-def test_group_items_letterbox_each_tile_with_its_own_size(tmp_path):
+def test_group_items_resize_each_tile_with_its_own_size(tmp_path):
     record = _scene(tmp_path, "a.png", width=300)  # tiles (0, 0, 150, 100) and (150, 0, 300, 100)
     items = YoloElementDataset([record], CLASSES, 64)
     every = TileGroups(items, TILING, every_tile=True)[0]
@@ -79,7 +79,8 @@ def test_group_items_letterbox_each_tile_with_its_own_size(tmp_path):
     assert [e.tile for e in with_objects] == [None, Tile(0, 0, 150, 100)]
     infos = [e.item.info for e in every]
     assert [i.original_size for i in infos] == [(300, 100), (150, 100), (150, 100)]
-    assert all(tuple(e.item.image.shape) == (3, 64, 64) for e in every)
+    # Each element resized alone (longer side 64); the batch pads them to one frame.
+    assert [tuple(e.item.image.shape) for e in every] == [(3, 21, 64), (3, 43, 64), (3, 43, 64)]
     # Ground truth in each element's own pixels: the full image's objects, then the tile's.
     np.testing.assert_allclose(every[1].item.target["boxes"], [[20, 20, 60, 60], [90, 40, 130, 80]], atol=1e-4)
     assert every[2].item.target["boxes"].shape == (0, 4)
@@ -128,7 +129,8 @@ def test_detect_folds_tiles_into_images_and_the_loss_sees_the_images_alone():
                             [3, 1, 0.7, 0.7, 0.1, 0.1], [3, 0, 0.4, 0.4, 0.1, 0.1]])
     batch = YoloBatch(images=torch.arange(4, dtype=torch.uint8)[:, None, None, None].expand(4, 3, 8, 8),
                       targets=targets, infos=[_info(200, 100), _info(100, 100), _info(100, 100), _info(50, 50)],
-                      ground_truth=["gt0", "tile", "tile", "gt3"], indices=torch.tensor([4, 4, 4, 9]), failures=[])
+                      ground_truth=["gt0", "tile", "tile", "gt3"], indices=torch.tensor([4, 4, 4, 9]), failures=[],
+                      frames=[(8, 8)] * 4)
     # The batch of the whole images alone: targets renumbered, everything else taken at the images' positions.
     full = batch.subset([0, 3])
     assert full.indices.tolist() == [4, 9] and full.images[:, 0, 0, 0].tolist() == [0, 3]

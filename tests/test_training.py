@@ -50,6 +50,28 @@ def test_schedule_object_uses_the_factor_after_each_step():
     assert seen[-1] == pytest.approx(0.01 * warmup_cosine_factor(150, 20, 150, 0.45))
 
 
+def test_warmup_can_start_the_biases_and_the_momentum_elsewhere():
+    model = nn.Linear(2, 1)
+    optimizer = build_optimizer(model, "sgd", learning_rate=0.01, weight_decay=0.0, momentum=0.9, nesterov=True,
+                                beta1=0.9, beta2=0.999, amsgrad=False)
+    schedule = Schedule(optimizer, "warmup_cosine", steps_per_epoch=5, epochs=4, warmup_epochs=2,
+                        warmup_bias_lr=0.1, warmup_momentum=0.8)
+    weights, biases = (next(g for g in optimizer.param_groups if g["name"] == name) for name in ("decay", "bias"))
+    seen = []
+    for _ in range(20):
+        seen.append((weights["lr"], biases["lr"], weights["momentum"], biases["momentum"]))
+        schedule.after_optimizer_step()
+    # Step k of the 10 warm-up steps is (k + 1) / 10 of the way: weights 0 -> 0.01, biases 0.1 -> 0.01.
+    assert seen[0] == pytest.approx((0.001, 0.1 * 0.9 + 0.001, 0.8 + 0.1 * 0.1, 0.8 + 0.1 * 0.1))
+    assert seen[4] == pytest.approx((0.005, 0.05 + 0.005, 0.85, 0.85))
+    assert seen[9][:2] == pytest.approx((0.01, 0.01)) and seen[9][2] == pytest.approx(0.9)
+    assert seen[15][0] == seen[15][1] and seen[15][2] == pytest.approx(0.9)  # after the warm-up: the settings'
+    plain = build_optimizer(model, "adam", learning_rate=0.01, weight_decay=0.0, momentum=0.9, nesterov=True,
+                            beta1=0.9, beta2=0.999, amsgrad=False)
+    Schedule(plain, "warmup_cosine", steps_per_epoch=5, epochs=4, warmup_epochs=2, warmup_momentum=0.5)
+    assert plain.param_groups[0]["betas"] == pytest.approx((0.5 + 0.4 * 0.1, 0.999))  # Adam: beta1 warms up
+
+
 def test_step_schedule_per_epoch():
     assert [step_factor(e, 5, 0.5) for e in (0, 4, 5, 9, 10, 14)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
@@ -236,10 +258,11 @@ def test_class_weights_of_the_reference():
 
 def test_no_weight_decay_on_biases_norms_and_vit_tokens():
     vit = create_model("vits16r224", 3, pretrained=False, valid_crop_size=32, valid_resize_size=40)
-    decay, no_decay = parameter_groups(vit, 0.01)
+    decay, biases, no_decay = parameter_groups(vit, 0.01)
     names = {id(p): n for n, p in vit.named_parameters()}
-    undecayed = {names[id(p)] for p in no_decay["params"]}
-    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.weight", "head.bias"} <= undecayed
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.weight"} <= {names[id(p)] for p in no_decay["params"]}
+    assert {"head.bias", "blocks.0.attn.qkv.bias"} <= {names[id(p)] for p in biases["params"]}
+    assert (biases["name"], biases["weight_decay"], no_decay["weight_decay"]) == ("bias", 0.0, 0.0)
     assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     optimizer = build_optimizer(vit, "adamw", learning_rate=0.01, weight_decay=0.01, momentum=0.9, nesterov=True,
                                 beta1=0.9, beta2=0.999, amsgrad=False)

@@ -341,11 +341,13 @@ def test_a_run_saves_and_ends_with_the_averaged_weights(tmp_path, monkeypatch):
 
 
 class _FixedDetector(nn.Module):
-    """Eval-mode stand-in for YOLOv5: one box (cx 32, cy 32, w 32, h 16 input pixels, objectness 0.9, class
-    probabilities 0.2 / 0.8) and one below the score threshold, for every image."""
+    """Eval-mode stand-in for YOLOv5: for every image one box around the centre of the input, half its width
+    and height (objectness 0.9, class probabilities 0.2 / 0.8), and one below the score threshold."""
 
     def forward(self, images):
-        row = torch.tensor([[32.0, 32.0, 32.0, 16.0, 0.9, 0.2, 0.8], [10.0, 10.0, 4.0, 4.0, 0.05, 0.9, 0.1]])
+        height, width = images.shape[-2:]
+        row = torch.tensor([[width / 2, height / 2, width / 2, height / 2, 0.9, 0.2, 0.8],
+                            [10.0, 10.0, 4.0, 4.0, 0.05, 0.9, 0.1]])
         return row.expand(len(images), 2, 7).clone(), []
 
 
@@ -357,24 +359,28 @@ def _fixed_model(tmp_path):
 
 def test_predictions_are_unletterboxed_to_fractions_of_the_original_image(tmp_path):
     lines = []
-    for name, size in (("wide.png", (200, 100)), ("tall.png", (100, 200))):
+    for name, size in (("wide.png", (200, 100)), ("tall.png", (100, 200)), ("squat.png", (200, 90))):
         Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(tmp_path / name)
         lines.append({"image_url": name, "label": [
             {"label": "red", "topX": 0.25, "topY": 0.25, "bottomX": 0.75, "bottomY": 0.75}]})
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     records = read_labeled_data(tmp_path / "data.jsonl", OD).records
     out = list(detection_inference.predict_lines(_fixed_model(tmp_path), records, DataReport(source="test")))
-    # wide: 200x100 -> 64x32, padded 16 above: input (16, 24, 48, 40) is original (50, 25, 150, 75)
-    wide, tall = out
+    # wide: 200x100 -> 64x32, its own frame (no padding): input (16, 8, 48, 24) is original (50, 25, 150, 75).
+    # Had it been padded to 64x64, the centre box (16, 16, 48, 48) would map to (50, 0, 150, 100).
+    wide, tall, squat = out
     assert wide["filename"] == "wide.png" and len(wide["boxes"]) == 1
     assert wide["boxes"][0]["label"] == "red" and wide["boxes"][0]["score"] == pytest.approx(0.72)
     assert list(wide["boxes"][0]["box"].values()) == pytest.approx([0.25, 0.25, 0.75, 0.75])
-    # tall: 100x200 -> 32x64, padded 16 left: the same input box is original (0, 75, 100, 125)
-    assert list(tall["boxes"][0]["box"].values()) == pytest.approx([0.0, 0.375, 1.0, 0.625])
-    metrics = detection_inference.evaluate_model(_fixed_model(tmp_path), records, DataReport(source="test"))
-    # Scored in original pixels: the wide image's box is a hit, the tall one's (IoU 1/3) a false positive.
+    # tall: 100x200 -> 32x64, frame 32x64: input (8, 16, 24, 48) is original (25, 50, 75, 150)
+    assert list(tall["boxes"][0]["box"].values()) == pytest.approx([0.25, 0.25, 0.75, 0.75])
+    # squat: 200x90 -> 64x29, frame 64x32 with 1 row of padding above: input (16, 8, 48, 24) is
+    # original (16 / 0.32, (8 - 1) / (29 / 90), ...) = (50, 21.72, 150, 71.38)
+    assert list(squat["boxes"][0]["box"].values()) == pytest.approx([0.25, 7 / 29, 0.75, 23 / 29])
+    metrics = detection_inference.evaluate_model(_fixed_model(tmp_path), records[:2], DataReport(source="test"))
+    # Scored in original pixels: both boxes are hits.
     red = metrics["per_label_metrics"]["red"]
-    assert (red["precision"], red["recall"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (red["precision"], red["recall"]) == (pytest.approx(1.0), pytest.approx(1.0))
 
 
 def test_predict_from_a_model_folder_writes_the_scoring_format(tmp_path):

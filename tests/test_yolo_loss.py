@@ -122,6 +122,30 @@ def test_gains_and_single_class():
     assert 0 < focal["obj"].item() < base["obj"].item()
 
 
+def test_level_balance_weighs_each_levels_objectness_and_label_smoothing_softens_class_targets():
+    anchors = torch.tensor(ANCHORS, dtype=torch.float32) / torch.tensor([8.0, 16.0, 32.0]).view(-1, 1, 1)
+    maps = [torch.zeros(1, 3, n, n, 5 + 4) for n in (8, 4, 2)]
+    no_targets = torch.zeros((0, 6))
+    _, even = YoloLoss(_stand_in(4, anchors))(maps, no_targets)
+    _, balanced = YoloLoss(_stand_in(4, anchors), balance=(4.0, 1.0, 0.4))(maps, no_targets)
+    softplus0 = torch.nn.functional.softplus(torch.tensor(0.0)).item()  # BCE of logit 0 against target 0
+    assert even["obj"].item() == pytest.approx(3 * softplus0)
+    assert balanced["obj"].item() == pytest.approx((4.0 + 1.0 + 0.4) * softplus0)
+    with pytest.raises(ValueError, match="balance has 2 weights for 3 output levels"):
+        YoloLoss(_stand_in(4, anchors), balance=(1.0, 1.0))(maps, no_targets)
+    # Every class probability at 0.8; d BCE / d logit = p - target, so the true class's gradient over another's
+    # is (0.8 - 1) / (0.8 - 0) = -1/4 with hard targets and (0.8 - 0.9) / (0.8 - 0.1) = -1/7 with eps 0.2.
+    targets = torch.tensor([[0, 2, 0.4, 0.4, 0.3, 0.3]])
+    for eps, expected in ((0.0, -1 / 4), (0.2, -1 / 7)):
+        logits = [m.clone() for m in maps]
+        for m in logits:
+            m[..., 5:] = torch.log(torch.tensor(4.0))
+            m.requires_grad_(True)
+        YoloLoss(_stand_in(4, anchors), label_smoothing=eps)(logits, targets)[0].backward()
+        grads = torch.cat([m.grad[..., 5:][m.grad[..., 5:].abs().sum(-1) > 0] for m in logits])  # the positives'
+        assert len(grads) and torch.allclose(grads[:, 2] / grads[:, 0], torch.full((len(grads),), expected))
+
+
 def test_no_targets_gives_objectness_loss_only():
     anchors = torch.tensor(ANCHORS, dtype=torch.float32) / torch.tensor([8.0, 16.0, 32.0]).view(-1, 1, 1)
     maps = [torch.zeros(2, 3, n, n, 7, requires_grad=True) for n in (8, 4, 2)]

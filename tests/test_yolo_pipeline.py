@@ -11,9 +11,11 @@ import torch
 from visionsweep.data.records import ImageRecord, ObjectAnnotation
 from visionsweep.families.yolo.pipeline import (
     PAD_VALUE, AffineParams, LetterboxInfo, YoloDataset, YoloSample, YoloTrainTransform, letterbox,
-    letterbox_for_inference, load_sample, mosaic, multi_scale_size, random_affine, random_hflip, resize_batch,
+    letterbox_for_inference, load_sample, mosaic, multi_scale_size, random_affine, random_hflip, random_hsv,
+    resize_batch,
     resize_longest, yolo_collate,
 )
+from visionsweep.families.yolo.dataset import YoloElementDataset, collate_yolo
 from visionsweep.geometry.yolo_boxes import postprocess, unletterbox_boxes
 
 COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20],
@@ -158,6 +160,44 @@ def test_horizontal_flip_mirrors_pixels_and_boxes():
     assert np.array_equal(flipped.image, sample.image[:, ::-1])
     _assert_boxes_match_pixels(flipped)
     assert random_hflip(sample, np.random.default_rng(0), p=0.0) is sample
+
+
+def test_hsv_jitter_changes_colours_within_its_gains_and_never_moves_boxes():
+    sample = _scene(64, 48, [(8, 8, 40, 40)], 0)  # a red square (230, 20, 20) on black
+    assert random_hsv(sample, np.random.default_rng(0), (0.0, 0.0, 0.0)) is sample
+    values = []
+    for seed in range(6):
+        jittered = random_hsv(sample, np.random.default_rng(seed), (0.0, 0.0, 0.4))
+        assert np.array_equal(jittered.boxes, sample.boxes) and jittered.image.shape == sample.image.shape
+        values.append(int(jittered.image[20, 20].max()))  # value = the largest channel
+        assert (jittered.image[0, 0] == 0).all()  # black stays black
+    # Value scaled by factors in [0.6, 1.4], clipped at 255: the red channel lands in [138, 255].
+    assert len(set(values)) > 2 and all(138 - 2 <= v <= 255 for v in values)
+    hue_only = random_hsv(sample, np.random.default_rng(1), (0.5, 0.0, 0.0)).image[20, 20]
+    assert not np.array_equal(hue_only, sample.image[20, 20]) and abs(int(hue_only.max()) - 230) <= 2
+
+
+def _record(path: Path, sample: YoloSample) -> ImageRecord:
+    """``sample`` saved as a PNG, as a record whose objects are its boxes (all of class c0)."""
+    from PIL import Image
+
+    Image.fromarray(sample.image).save(path)
+    height, width = sample.image.shape[:2]
+    boxes = sample.boxes / np.array([width, height, width, height], dtype=np.float32)
+    return ImageRecord(path, path.name, objects=tuple(ObjectAnnotation("c0", tuple(map(float, b))) for b in boxes))
+
+
+def test_closed_mosaic_reaches_loader_workers(tmp_path):
+    records = [_record(tmp_path / "whole.png", _scene(64, 64, [(0, 0, 64, 64)], 0))]
+    dataset = YoloElementDataset(records * 8, ["c0"], 64, YoloTrainTransform(64, augment=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=1, persistent_workers=True,
+                                         collate_fn=collate_yolo)
+    mosaics = next(iter(loader))  # the worker starts, with its copy of the dataset
+    dataset.close_mosaic()  # in this process, after the worker started
+    singles = next(iter(loader))
+    per_image = [torch.bincount(b.targets[:, 0].long(), minlength=8).tolist() for b in (mosaics, singles)]
+    assert any(count != 1 for count in per_image[0])  # four copies of the image around a random centre
+    assert per_image[1] == [1] * 8  # the image alone, letterboxed
 
 
 # --- multi-scale and batching --------------------------------------------------------------------

@@ -46,6 +46,15 @@ class RunLoaders:
     validation: DataLoader
 
 
+@dataclass(frozen=True)
+class WarmupStart:
+    """Where a family's warm-up starts, besides every learning rate at 0 (``training.schedulers.Schedule``):
+    ``bias_lr`` the biases' learning rate, ``momentum`` the momentum; None leaves it as the settings say."""
+
+    bias_lr: float | None = None
+    momentum: float | None = None
+
+
 class ModelFamily(ABC, Generic[Prediction]):
     """How one family of models is fed, trained, validated and asked for predictions.
 
@@ -100,6 +109,13 @@ class ModelFamily(ABC, Generic[Prediction]):
     def training_metrics(self) -> dict[str, float]:
         """Metrics gathered on the training batches of the epoch just finished (may be empty)."""
         return {}
+
+    def warmup_start(self) -> WarmupStart:
+        """Where the learning-rate warm-up starts the biases' learning rate and the momentum."""
+        return WarmupStart()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (counted from 1), e.g. to change the augmentation late in a run."""
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after every optimizer step (e.g. to update an exponential moving average)."""

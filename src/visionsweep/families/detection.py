@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 from PIL import Image
@@ -156,6 +156,11 @@ def on_cpu(predictions: dict[str, Tensor], label_offset: int = 0) -> dict[str, T
     return found
 
 
+# Prediction may sort images (``evaluation_order``) within runs of this many batches: the predictions of a
+# run wait for its end, to be given back in input order.
+PREDICTION_WINDOW_BATCHES = 8
+
+
 class ElementDetectionFamily(DetectionFamily):
     """A detection family whose samples are ``Element`` s: whole images, or tiles cut from them. Subclasses
     say how elements become datasets and batches (``training_dataset``, ``evaluation_dataset``,
@@ -182,21 +187,41 @@ class ElementDetectionFamily(DetectionFamily):
     def subset(self, batch: Any, positions: Sequence[int]) -> Any:
         """The batch of the readable images at ``positions`` alone (failures kept)."""
 
+    def evaluation_order(self, dataset: Dataset, window: int | None = None) -> list[int] | None:
+        """The order in which validation and prediction go through ``dataset`` (None: as it is), e.g. images of
+        one shape together. Prediction sorts only within each run of ``window`` positions (None: all)."""
+        return None
+
     def training_loaders(self, train: Sequence[ImageRecord], validation: Sequence[ImageRecord]) -> RunLoaders:
         check_run_records(train, validation)
         s = self.settings
+        validation_set = self.evaluation_dataset(validation)
         return RunLoaders(self.loader(self.training_dataset(train, whole_images(train)), s.training_batch_size,
                                       shuffle=True, seed=s.seed, ranks=self.ranks),
-                          self.loader(self.evaluation_dataset(validation), s.validation_batch_size, shuffle=False,
-                                      seed=s.seed, ranks=self.ranks))
+                          self.loader(validation_set, s.validation_batch_size, shuffle=False, seed=s.seed,
+                                      ranks=self.ranks, order=self.evaluation_order(validation_set)))
 
     def prediction_loader(self, records: Sequence[ImageRecord]) -> DataLoader:
-        return self.loader(self.evaluation_dataset(records), self.settings.validation_batch_size, shuffle=False,
-                           seed=None)
+        dataset, batch_size = self.evaluation_dataset(records), self.settings.validation_batch_size
+        return self.loader(dataset, batch_size, shuffle=False, seed=None,
+                           order=self.evaluation_order(dataset, batch_size * PREDICTION_WINDOW_BATCHES))
+
+    def predict(self, model: nn.Module, loader: Iterable, stage: str = "prediction") -> Iterator[ImageDetections]:
+        """The predictions of ``prediction_loader`` 's batches in input order: each run of
+        ``PREDICTION_WINDOW_BATCHES`` batches is held back until it ends and given back sorted."""
+        window: list[ImageDetections] = []
+        for position, batch in enumerate(loader, start=1):
+            window.extend(self.predict_batch(model, batch, stage))
+            if position % PREDICTION_WINDOW_BATCHES == 0:
+                yield from sorted(window, key=lambda found: found.index)
+                window = []
+        yield from sorted(window, key=lambda found: found.index)
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int | None,
-               collate: Callable[[list[Any]], Any] | None = None, ranks: Ranks = SINGLE_PROCESS) -> DataLoader:
+               collate: Callable[[list[Any]], Any] | None = None, ranks: Ranks = SINGLE_PROCESS,
+               order: Sequence[int] | None = None) -> DataLoader:
         """A loader of this run's workers and device over ``ranks`` ' share of ``dataset``, batching with
-        ``collate`` (default: the family's)."""
+        ``collate`` (default: the family's), in ``order`` when given (see ``make_loader``)."""
         return make_loader(dataset, batch_size, shuffle=shuffle, num_workers=self.settings.num_workers,
-                           collate_fn=collate or self.collate, device=self.device, seed=seed, ranks=ranks)
+                           collate_fn=collate or self.collate, device=self.device, seed=seed, ranks=ranks,
+                           order=order)

@@ -29,7 +29,7 @@ from visionsweep.data.tiling import Tiling, all_tiles, tiles_with_objects
 from visionsweep.distributed import SINGLE_PROCESS, Ranks
 from visionsweep.exporting.graph import ExportOptions, OnnxGraph
 from visionsweep.exporting.runtime import OnnxSession
-from visionsweep.families.base import RunLoaders
+from visionsweep.families.base import RunLoaders, WarmupStart
 from visionsweep.families.detection import (
     DetectedBatch,
     DetectionFamily,
@@ -152,6 +152,12 @@ class TiledDetection(DetectionFamily):
 
     def training_metrics(self) -> dict[str, float]:
         return self.family.training_metrics()
+
+    def warmup_start(self) -> WarmupStart:
+        return self.family.warmup_start()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.family.start_epoch(epoch)
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         self.family.after_optimizer_step(model)

@@ -139,6 +139,7 @@ def fit(
     for epoch in range(start.next_epoch, last_epoch + 1):
         started = time.perf_counter()
         start_epoch(train_loader, epoch)
+        family.start_epoch(epoch)
         train_loss = _train_epoch(trained, family, train_loader, optimizer, schedule, scaler, accumulation, config,
                                   epoch, use_amp)
         report = EpochReport(epoch=epoch, train_loss=train_loss, learning_rate=schedule.learning_rate,

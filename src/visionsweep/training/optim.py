@@ -8,20 +8,25 @@ from visionsweep.errors import SettingsError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed group (weights of conv and linear layers) and an
-    undecayed one (biases, every 1-d parameter such as norm scales, and what the model lists in
-    ``no_weight_decay()``, e.g. a ViT's class token and position embedding). Frozen parameters are
-    left out."""
+    """Split trainable parameters into a decayed group (weights of conv and linear layers) and two
+    undecayed ones: biases (the group named ``"bias"``, which a warm-up may start elsewhere, see
+    ``schedulers.WarmupStart``), and every other 1-d parameter such as norm scales with what the model
+    lists in ``no_weight_decay()``, e.g. a ViT's class token and position embedding. Frozen parameters
+    are left out."""
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    decay, biases, no_decay = [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.ndim <= 1 or name.endswith(".bias") or name in exempt:
+        if name.endswith(".bias"):
+            biases.append(parameter)
+        elif parameter.ndim <= 1 or name in exempt:
             no_decay.append(parameter)
         else:
             decay.append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": biases, "weight_decay": 0.0, "name": "bias"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
 def build_optimizer(

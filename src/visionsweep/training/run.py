@@ -274,10 +274,12 @@ def _prepare(settings: Settings, data: TrainingData, device: torch.device, runti
                                 amsgrad=settings.amsgrad)
     batches = len(loaders.train)
     steps_per_epoch = math.ceil(batches / max(1, min(settings.grad_accumulation_step, batches)))
+    warmup = family.warmup_start()
     schedule = Schedule(optimizer, settings.lr_scheduler, steps_per_epoch=steps_per_epoch,
                         epochs=settings.number_of_epochs, warmup_epochs=settings.warmup_cosine_lr_warmup_epochs,
                         cycles=settings.warmup_cosine_lr_cycles, step_size=settings.step_lr_step_size,
-                        gamma=settings.step_lr_gamma)
+                        gamma=settings.step_lr_gamma, warmup_bias_lr=warmup.bias_lr,
+                        warmup_momentum=warmup.momentum)
     config = LoopConfig(
         number_of_epochs=settings.number_of_epochs, primary_metric=settings.primary_metric,
         grad_accumulation_step=settings.grad_accumulation_step, evaluation_frequency=settings.evaluation_frequency,

@@ -31,13 +31,20 @@ def step_factor(epoch: int, step_size: int, gamma: float) -> float:
 
 
 class Schedule:
-    """Drives the optimizer's learning rate; the loop calls ``after_optimizer_step`` and ``after_epoch``."""
+    """Drives the optimizer's learning rate; the loop calls ``after_optimizer_step`` and ``after_epoch``.
+
+    A ``warmup_cosine`` warm-up takes every learning rate from 0 to its value; ``warmup_bias_lr`` starts the
+    biases' (the parameter group named "bias") there instead, and ``warmup_momentum`` starts the SGD
+    momentum (or Adam's beta1) there. Each goes linearly to the schedule's value over the warm-up."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, *, steps_per_epoch: int, epochs: int,
-                 warmup_epochs: int = 2, cycles: float = 0.45, step_size: int = 5, gamma: float = 0.5):
+                 warmup_epochs: int = 2, cycles: float = 0.45, step_size: int = 5, gamma: float = 0.5,
+                 warmup_bias_lr: float | None = None, warmup_momentum: float | None = None):
         self.optimizer = optimizer
         self.kind = kind
+        self.warmup_bias_lr, self.warmup_momentum = warmup_bias_lr, warmup_momentum
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.base_momenta = [group.get("momentum", group.get("betas", (None,))[0]) for group in optimizer.param_groups]
         self.steps_per_epoch = steps_per_epoch
         self.warmup_steps = steps_per_epoch * warmup_epochs
         self.total_steps = steps_per_epoch * epochs
@@ -80,5 +87,16 @@ class Schedule:
 
     def _apply(self) -> None:
         factor = self.factor()
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        # How far the warm-up has gone: 1 after it, and always for the step schedule.
+        warming = self.kind == "warmup_cosine" and self.step + 1 < self.warmup_steps
+        done = (self.step + 1) / self.warmup_steps if warming else 1.0
+        for group, base, momentum in zip(self.optimizer.param_groups, self.base_lrs, self.base_momenta):
             group["lr"] = base * factor
+            if self.warmup_bias_lr is not None and group.get("name") == "bias" and done < 1.0:
+                group["lr"] = self.warmup_bias_lr * (1.0 - done) + base * factor
+            if self.warmup_momentum is not None and momentum is not None:
+                value = self.warmup_momentum * (1.0 - done) + momentum * done
+                if "betas" in group:
+                    group["betas"] = (value, group["betas"][1])
+                else:
+                    group["momentum"] = value

@@ -1,10 +1,12 @@
 """The YOLOv5 family: its loss, moving average of the weights, and detection in original pixels.
 
 Data: training elements go through ``YoloTrainTransform`` (mosaic when ``apply_mosaic_for_yolo``, the
-reference's random affine and horizontal flip when ``apply_automl_train_augmentations``), validation and
-prediction through the letterbox alone (longer side to ``img_size``, never enlarged by the padding step).
-Batches are uint8 (B, 3, S, S) images and YOLO targets (n, 6) rows (image index, class, cx, cy, w, h)
-normalised to S; the network gets ``images / 255``.
+reference's random affine and horizontal flip when ``apply_automl_train_augmentations``) into S x S squares;
+validation and prediction resize each image (longer side to ``img_size``) and run it centred in its own
+frame, the smallest multiple of 32 that holds it (``dataset``), images sorted by aspect ratio. Batches are
+uint8 (B, 3, H, W) images and YOLO targets (n, 6) rows (image index, class, cx, cy, w, h) normalised to each
+image's frame; the network gets ``images / 255``. What shapes training beyond the settings is the family's
+``YoloRecipe`` (``recipe``).
 
 The loss of a batch is YOLO's (box + objectness + class) x batch size, as in the reference, so its
 100-per-batch divergence check and its learning rate apply unchanged. With ``multi_scale`` each training
@@ -35,7 +37,7 @@ from visionsweep.data.records import ImageRecord
 from visionsweep.devices import generator_from_state, generator_state
 from visionsweep.distributed import SINGLE_PROCESS, Ranks, unwrap
 from visionsweep.evaluation.detection import DetectionEvaluation
-from visionsweep.families.base import FailureSink
+from visionsweep.families.base import FailureSink, WarmupStart
 from visionsweep.families.detection import (
     DetectedBatch,
     Element,
@@ -44,11 +46,13 @@ from visionsweep.families.detection import (
     Target,
     on_cpu,
 )
+from visionsweep.families.loaders import aspect_ratio_order
 from visionsweep.exporting.graph import ExportOptions, OnnxGraph
 from visionsweep.exporting.runtime import OnnxSession, check_fixed_settings
 from visionsweep.families.yolo.onnx import OnnxYolo, yolo_graph
 from visionsweep.families.yolo.dataset import YoloBatch, YoloElementDataset, YoloItem, collate_yolo
 from visionsweep.families.yolo.pipeline import AffineParams, YoloTrainTransform, multi_scale_size, resize_batch
+from visionsweep.families.yolo.recipe import DEFAULT_RECIPE, YoloRecipe
 from visionsweep.geometry.yolo_boxes import postprocess
 from visionsweep.models.freezing import train_mode
 from visionsweep.models.yolo import ModelEMA, YoloLoss, fused_for_inference
@@ -62,8 +66,9 @@ class YoloFamily(ElementDetectionFamily):
     loss_reduction = "sum"
 
     def __init__(self, settings: Settings, classes: Sequence[str], device: torch.device, on_failures: FailureSink,
-                 ranks: Ranks = SINGLE_PROCESS):
+                 ranks: Ranks = SINGLE_PROCESS, recipe: YoloRecipe = DEFAULT_RECIPE):
         self.settings = settings
+        self.recipe = recipe
         self.classes = list(classes)
         self.device = device
         self.on_failures = on_failures
@@ -85,12 +90,17 @@ class YoloFamily(ElementDetectionFamily):
         s = self.settings
         affine = AffineParams(degrees=s.degrees, translate=s.translate, scale=s.scale, shear=s.shear)
         transform = YoloTrainTransform(s.img_size, mosaic=s.apply_mosaic_for_yolo,
-                                       augment=s.apply_automl_train_augmentations, affine=affine)
+                                       augment=s.apply_automl_train_augmentations, affine=affine,
+                                       hsv_gains=self.recipe.hsv_gains)
         self._training_set = YoloElementDataset(records, self.classes, s.img_size, transform, elements)
         return self._training_set
 
     def evaluation_dataset(self, records: Sequence[ImageRecord]) -> YoloElementDataset:
         return YoloElementDataset(records, self.classes, self.settings.img_size)
+
+    def evaluation_order(self, dataset: YoloElementDataset, window: int | None = None) -> list[int]:
+        """By aspect ratio, so that a batch mostly holds one frame (see ``dataset``)."""
+        return aspect_ratio_order(dataset.element_sizes(), window)
 
     def collate(self, items: list[YoloItem]) -> YoloBatch:
         return collate_yolo(items)
@@ -122,6 +132,15 @@ class YoloFamily(ElementDetectionFamily):
             self._track_training_batch(network, images, batch.targets)
         return loss, count
 
+    def warmup_start(self) -> WarmupStart:
+        return WarmupStart(bias_lr=self.recipe.warmup_bias_lr, momentum=self.recipe.warmup_momentum)
+
+    def start_epoch(self, epoch: int) -> None:
+        epochs = self.settings.number_of_epochs
+        # At most the last third of a run: as measured (10 of 30), and never a short run from its start.
+        if self._training_set is not None and epoch > epochs - min(self.recipe.close_mosaic_epochs, epochs // 3):
+            self._training_set.close_mosaic()
+
     def after_optimizer_step(self, model: nn.Module) -> None:
         if self.ema is not None:
             self.ema.update(unwrap(model))
@@ -148,7 +167,7 @@ class YoloFamily(ElementDetectionFamily):
         """The moving average, started on first use: from the weights training starts from, or from the
         average an interrupted run saved."""
         if self.ema is None:
-            self.ema = ModelEMA(network)
+            self.ema = ModelEMA(network, ramp=self.recipe.ema_ramp)
             if self._resumed_ema is not None:
                 self.ema.load_state_dict(self._resumed_ema)
                 self._resumed_ema = None
@@ -168,22 +187,30 @@ class YoloFamily(ElementDetectionFamily):
     # --- detection ---------------------------------------------------------------------------------------
 
     def detect(self, model: nn.Module, batch: YoloBatch, stage: str, *, with_loss: bool = False) -> DetectedBatch:
-        """Each image's detections (on the CPU, original pixels), best first; the loader's dataset must
-        be an evaluation dataset (letterboxed items)."""
+        """Each image's detections (on the CPU, original pixels), best first, in batch order; the loader's
+        dataset must be an evaluation dataset (resized items). Each frame of the batch is its own forward pass."""
         if batch.failures:
             self.on_failures(batch.failures, stage)
-        if not len(batch.images):
-            return DetectedBatch([])
-        decoded, raw = model(self._to_input(batch.images))
-        found = postprocess(decoded, score_thresh=self.settings.box_score_thresh,
-                            iou_thresh=self.settings.nms_iou_thresh, letterbox=batch.infos)
-        images = [ImageDetections(index, on_cpu(d._asdict()), target, info.original_size, info.original_size)
-                  for index, d, target, info in zip(batch.indices.tolist(), found, batch.ground_truth, batch.infos)]
-        return DetectedBatch(images, self._loss_sum(model, raw, batch) if with_loss else 0.0)
+        images: list[ImageDetections | None] = [None] * len(batch.images)
+        loss_sum = 0.0
+        for positions, part in batch.by_frame():  # each image in its own frame, whatever else is in the batch
+            decoded, raw = model(self._to_input(part.images))
+            found = postprocess(decoded, score_thresh=self.settings.box_score_thresh,
+                                iou_thresh=self.settings.nms_iou_thresh, letterbox=part.infos)
+            for position, index, d, target, info in zip(positions, part.indices.tolist(), found, part.ground_truth,
+                                                         part.infos):
+                images[position] = ImageDetections(index, on_cpu(d._asdict()), target, info.original_size,
+                                                   info.original_size)
+            if with_loss:
+                loss_sum += self._loss_sum(model, raw, part)
+        return DetectedBatch(images, loss_sum)
 
     def validation_loss_sum(self, model: nn.Module, batch: YoloBatch) -> float:
-        _, raw = model(self._to_input(batch.images))
-        return self._loss_sum(model, raw, batch)
+        loss_sum = 0.0
+        for _, part in batch.by_frame():
+            _, raw = model(self._to_input(part.images))
+            loss_sum += self._loss_sum(model, raw, part)
+        return loss_sum
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         return fused_for_inference(model)
@@ -195,7 +222,7 @@ class YoloFamily(ElementDetectionFamily):
 
     def onnx_model(self, session: OnnxSession) -> nn.Module:
         check_fixed_settings(session, self.settings, ["img_size"])
-        return OnnxYolo(session)
+        return OnnxYolo(session, self.settings.img_size)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -208,9 +235,11 @@ class YoloFamily(ElementDetectionFamily):
         # Built on first use from whichever network comes first; the anchors and class count it reads
         # are the same in the trained model and its average.
         if self._loss is None:
-            s = self.settings
-            self._loss = YoloLoss(model, giou=s.giou, obj=s.obj, cls=s.cls, cls_pw=s.cls_pw, obj_pw=s.obj_pw,
-                                  anchor_t=s.anchor_t, fl_gamma=s.fl_gamma)
+            s, recipe = self.settings, self.recipe
+            obj = s.obj * (s.img_size / 640) ** 2 if recipe.obj_gain_per_pixel else s.obj
+            self._loss = YoloLoss(model, giou=s.giou, obj=obj, cls=s.cls, cls_pw=s.cls_pw, obj_pw=s.obj_pw,
+                                  anchor_t=s.anchor_t, fl_gamma=s.fl_gamma, balance=recipe.level_balance,
+                                  label_smoothing=recipe.label_smoothing)
         return self._loss
 
     def _to_input(self, images: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,12 +110,34 @@ def letterbox(sample: YoloSample, size: int, *, scale_up: bool = True
     new_size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     if new_size != (width, height):
         sample = _resized(sample, new_size, Image.Resampling.BILINEAR)
-    dw, dh = size - new_size[0], size - new_size[1]
-    left, top = round(dw / 2 - 0.1), round(dh / 2 - 0.1)
-    right, bottom = round(dw / 2 + 0.1), round(dh / 2 + 0.1)
+    left, top = centred_padding(new_size, (size, size))
+    right, bottom = size - new_size[0] - left, size - new_size[1] - top
     image = np.pad(sample.image, ((top, bottom), (left, right), (0, 0)), constant_values=PAD_VALUE)
     boxes = sample.boxes + np.array([left, top, left, top], dtype=np.float32)
     return YoloSample(image, boxes, sample.classes), (new_size[0] / width, new_size[1] / height), (left, top)
+
+
+def centred_padding(size: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """The (left, top) padding that centres a (width, height) image in a larger (width, height) frame:
+    round(d / 2 - 0.1) of each side's total padding d (the rest goes right and below)."""
+    return round((frame[0] - size[0]) / 2 - 0.1), round((frame[1] - size[1]) / 2 - 0.1)
+
+
+def batch_frame(sizes: Iterable[tuple[int, int]], stride: int = STRIDE) -> tuple[int, int]:
+    """The smallest (width, height), each a multiple of ``stride``, that holds every (width, height) of
+    ``sizes``: the network input of a rectangular batch."""
+    widths, heights = zip(*sizes)
+    return math.ceil(max(widths) / stride) * stride, math.ceil(max(heights) / stride) * stride
+
+
+def resize_for_inference(sample: YoloSample, img_size: int) -> tuple[YoloSample, LetterboxInfo]:
+    """The validation / inference resize: the longer side to ``img_size`` (area averaging when shrinking).
+    The padding comes with the batch (``dataset.collate_yolo``): the returned info's ``pad`` is (0, 0)
+    until then. Padded to ``img_size`` x ``img_size`` this is ``letterbox_for_inference``."""
+    original = sample.size
+    resized = resize_longest(sample, img_size, augment=False)
+    width, height = resized.size
+    return resized, LetterboxInfo(original, (width / original[0], height / original[1]), (0, 0))
 
 
 def letterbox_for_inference(sample: YoloSample, img_size: int) -> tuple[YoloSample, LetterboxInfo]:
@@ -190,6 +212,22 @@ def random_affine(sample: YoloSample, rng: np.random.Generator, params: AffinePa
     return YoloSample(image, boxes[keep], sample.classes[keep])
 
 
+def random_hsv(sample: YoloSample, rng: np.random.Generator, gains: tuple[float, float, float]) -> YoloSample:
+    """Scale hue, saturation and value by factors drawn in [1 - gain, 1 + gain] (hue wraps around).
+
+    Pillow's HSV has all three channels in 0..255; the factors apply through one lookup table per channel.
+    Boxes do not move. Gains of 0 return the sample as it is (and draw nothing)."""
+    if not any(gains):
+        return sample
+    factors = rng.uniform(-1.0, 1.0, 3) * np.asarray(gains) + 1.0
+    hsv = np.asarray(Image.fromarray(sample.image).convert("HSV"))
+    levels = np.arange(256, dtype=np.float64)
+    tables = (np.mod(levels * factors[0], 256.0), np.clip(levels * factors[1], 0, 255),
+              np.clip(levels * factors[2], 0, 255))
+    jittered = np.stack([table.astype(np.uint8)[hsv[..., c]] for c, table in enumerate(tables)], axis=-1)
+    return YoloSample(np.asarray(Image.fromarray(jittered, "HSV").convert("RGB")), sample.boxes, sample.classes)
+
+
 def random_hflip(sample: YoloSample, rng: np.random.Generator, p: float = 0.5) -> YoloSample:
     """Mirror left-right with probability ``p`` (x0' = W - x1, x1' = W - x0)."""
     if rng.random() >= p:
@@ -201,17 +239,20 @@ def random_hflip(sample: YoloSample, rng: np.random.Generator, p: float = 0.5) -
 
 
 class YoloTrainTransform:
-    """Training augmentation of the reference: mosaic or letterbox, random affine, horizontal flip.
+    """Training augmentation of the reference: mosaic or letterbox, random affine, horizontal flip, and
+    (the recipe's, see ``YoloRecipe.hsv_gains``) a colour jitter.
 
     With ``mosaic`` (``apply_mosaic_for_yolo``) a call takes 4 samples (the element and three drawn
     from the dataset) and the affine is always applied (border -S/2), whatever ``augment`` says.
     Without it a call takes one sample, which is letterboxed (enlarging allowed when ``augment``)
-    and warped only when ``augment`` (``apply_automl_train_augmentations``). The flip (p = 0.5)
-    happens only when ``augment``. Samples come at their original size; the result is S x S.
+    and warped only when ``augment`` (``apply_automl_train_augmentations``). The colour jitter (``hsv_gains``)
+    and the flip (p = 0.5) happen only when ``augment``. Samples come at their original size; the result is
+    S x S.
     """
 
     def __init__(self, img_size: int, *, mosaic: bool = True, augment: bool = True,
-                 affine: AffineParams = AffineParams(), flip_p: float = 0.5):
+                 affine: AffineParams = AffineParams(), flip_p: float = 0.5,
+                 hsv_gains: tuple[float, float, float] = (0.0, 0.0, 0.0)):
         if img_size % STRIDE:
             raise ValueError(f"img_size must be a multiple of {STRIDE}; got {img_size}")
         self.img_size = img_size
@@ -219,10 +260,16 @@ class YoloTrainTransform:
         self.augment = augment
         self.affine = affine
         self.flip_p = flip_p
+        self.hsv_gains = hsv_gains
 
     @property
     def samples_needed(self) -> int:
         return 4 if self.mosaic else 1
+
+    def without_mosaic(self) -> YoloTrainTransform:
+        """The same augmentation of single images."""
+        return YoloTrainTransform(self.img_size, mosaic=False, augment=self.augment, affine=self.affine,
+                                  flip_p=self.flip_p, hsv_gains=self.hsv_gains)
 
     def __call__(self, samples: Sequence[YoloSample], rng: np.random.Generator) -> YoloSample:
         if len(samples) != self.samples_needed:
@@ -236,6 +283,7 @@ class YoloTrainTransform:
             if self.augment:
                 sample = random_affine(sample, rng, self.affine)
         if self.augment:
+            sample = random_hsv(sample, rng, self.hsv_gains)
             sample = random_hflip(sample, rng, self.flip_p)
         return sample
 

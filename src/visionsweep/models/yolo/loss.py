@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +99,9 @@ class YoloLoss:
     ``cls * num_classes / 80``), ``cls_pw`` / ``obj_pw`` positive weights of the BCEs, ``anchor_t``
     the matching ratio, ``fl_gamma`` focal-loss gamma (0: plain BCE; alpha 0.25 otherwise), ``gr``
     the share of the predicted box's GIoU in the objectness target (1.0: the target is the GIoU
-    clamped at 0; 0.0: the target is 1).
+    clamped at 0; 0.0: the target is 1). ``balance`` weighs each level's objectness loss, finest level
+    first (the reference 1 for each); ``label_smoothing`` eps makes the class targets 1 - eps / 2 and
+    eps / 2 (the reference 0).
 
     ``raw_maps``: the training-mode model output (three (B, 3, ny, nx, nc + 5) logit maps).
     ``targets``: (n, 6) rows (image index, class, cx, cy, w, h) normalised to the network input.
@@ -118,6 +121,8 @@ class YoloLoss:
         anchor_t: float = 4.0,
         fl_gamma: float = 0.0,
         gr: float = 1.0,
+        balance: Sequence[float] = (1.0, 1.0, 1.0),
+        label_smoothing: float = 0.0,
     ):
         # Keep the head, not its buffer: moving the model to another device replaces the buffer.
         self._detect = getattr(model, "module", model).detect
@@ -130,6 +135,9 @@ class YoloLoss:
         self.anchor_t = anchor_t
         self.fl_gamma = fl_gamma
         self.gr = gr
+        self.balance = tuple(balance)
+        self.positive_class_target = 1.0 - label_smoothing / 2
+        self.negative_class_target = label_smoothing / 2
 
     def __call__(self, raw_maps: list[torch.Tensor], targets: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -140,7 +148,9 @@ class YoloLoss:
         box_loss = torch.zeros((), device=device)
         obj_loss = torch.zeros((), device=device)
         cls_loss = torch.zeros((), device=device)
-        for raw, pos in zip(raw_maps, matched):
+        if len(self.balance) != len(raw_maps):
+            raise ValueError(f"balance has {len(self.balance)} weights for {len(raw_maps)} output levels")
+        for raw, pos, balance in zip(raw_maps, matched, self.balance):
             raw = raw.float()
             obj_target = torch.zeros_like(raw[..., 4])
             if pos.image.numel():
@@ -158,10 +168,11 @@ class YoloLoss:
                 flat = ((pos.image * na + pos.anchor) * ny + pos.row) * nx + pos.col
                 obj_target.view(-1).scatter_reduce_(0, flat, (1.0 - self.gr) + self.gr * giou, reduce="amax")
                 if self.num_classes > 1:
-                    cls_target = F.one_hot(pos.cls, self.num_classes).to(logits.dtype)
+                    cls_target = torch.full_like(logits[:, 5:], self.negative_class_target)
+                    cls_target[torch.arange(len(pos.cls), device=device), pos.cls] = self.positive_class_target
                     cls_loss = cls_loss + self._bce(logits[:, 5:], cls_target, self.cls_pw)
-            obj_loss = obj_loss + self._bce(raw[..., 4], obj_target, self.obj_pw)
-        # The level balance is 1, 1, 1 and the level-count factor 3 / levels is 1 for three levels.
+            obj_loss = obj_loss + self._bce(raw[..., 4], obj_target, self.obj_pw) * balance
+        # The level-count factor 3 / levels is 1 for three levels.
         level_factor = 3.0 / len(raw_maps)
         box_loss = box_loss * self.box_gain * level_factor
         obj_loss = obj_loss * self.obj_gain * level_factor
