@@ -6,8 +6,8 @@
   * the plain alternative: the same network, loss, dataset and EMA in a bare loop (forward, loss,
     backward, clip, SGD step, EMA update);
   * visionsweep inference: ``inference.detection.predict_lines`` (the code behind ``visionsweep predict``) on
-    a loaded model folder; plain inference: the network in eval mode plus ``postprocess`` on the
-    letterboxed batches of a bare DataLoader;
+    a loaded model folder, each image in its own frame; plain inference: the network in eval mode plus
+    ``postprocess`` on the img_size-square letterboxed batches of a bare DataLoader;
   * with ``--peer-python``: Ultralytics' ``yolov5s.yaml`` (its anchor-free "v5u" variant, 9.1 M
     parameters) trained and run by that interpreter, in its own process (AGPL code, never imported here).
   Training runs two epochs of batches of 16; the second is timed. Every loader has 0 workers (the peer
@@ -25,11 +25,20 @@ with its own defaults; all run at the same time, one thread each, with the same 
 Usage:
   python bench/yolo_throughput.py throughput [--sizes 320 640] [--train-images 32] [--repeat 2] [--peer-python PATH]
   python bench/yolo_throughput.py accuracy [--img-size 160] [--epochs 30] [--seed 0] [--peer-python PATH]
-      [--yolov5-python PATH]
+      [--yolov5-python PATH] [--reference-recipe] [--recipe FIELD=VALUE ...] [--set KEY=VALUE ...]
+  python bench/yolo_throughput.py frames --run RUN_FOLDER
+
+``frames`` compares a trained run's boxes on the validation images in each image's own frame (as visionsweep
+predicts) with those in the img_size square (the reference's letterbox).
+
+The ablations of bench/yolo_throughput.md are ``accuracy`` runs with one ``--recipe`` field (the YOLOv5
+family's ``YoloRecipe``) or ``--set`` setting changed from the reference's recipe (``--reference-recipe``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -39,14 +48,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
 
+from visionsweep import model_catalog
 from visionsweep.api import evaluate
 from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.report import DataReport
-from visionsweep.families.yolo.pipeline import YoloDataset, YoloTrainTransform, yolo_collate
-from visionsweep.families.selection import family_for
+from visionsweep.families.yolo.pipeline import (
+    YoloDataset, YoloTrainTransform, letterbox_for_inference, load_sample, yolo_collate,
+)
+from visionsweep.families.selection import FAMILIES, family_for
+from visionsweep.families.yolo import YoloFamily
+from visionsweep.families.yolo.recipe import DEFAULT_RECIPE, REFERENCE_RECIPE
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.model_folder import load_trained_model
 from visionsweep.geometry.yolo_boxes import postprocess
@@ -68,7 +84,7 @@ CPU = torch.device("cpu")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("throughput", "accuracy"))
+    parser.add_argument("mode", choices=("throughput", "accuracy", "frames"))
     parser.add_argument("--data", type=Path, default=FRIDGE)
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--train-images", type=int, default=32)
@@ -80,13 +96,24 @@ def main() -> None:
     parser.add_argument("--yolov5-python", help="accuracy: a Python interpreter with the yolov5 package (7.0.14) "
                                                 "installed: the original YOLOv5 repository's anchor-based model")
     parser.add_argument("--seed", type=int, default=0, help="accuracy: the seed of every contender")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=_setting,
+                        help="accuracy: a visionsweep setting for this run (VALUE read as JSON, else as text), "
+                             "for ablations: --set optimizer=adamw learning_rate=0.001")
+    parser.add_argument("--recipe", nargs="+", default=[], metavar="FIELD=VALUE", type=_setting,
+                        help="accuracy: a field of the YOLOv5 family's recipe (DEFAULT_RECIPE) for this run, for "
+                             "ablations: "
+                             "--recipe close_mosaic_epochs=10 hsv_gains=[0.015,0.7,0.4]")
+    parser.add_argument("--reference-recipe", action="store_true",
+                        help="accuracy: start from the reference's recipe (REFERENCE_RECIPE) instead of the family's")
+    parser.add_argument("--run", type=Path, help="frames: a trained yolov5 run folder (an accuracy run's --work "
+                                                  "folder holds one: visionsweep_run)")
     parser.add_argument("--work", type=Path, help="folder for runs and converted data (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        result = (throughput(args, work) if args.mode == "throughput" else accuracy(args, work))
+        result = {"throughput": throughput, "accuracy": accuracy, "frames": frames}[args.mode](args, work)
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                          "torch": torch.__version__, "threads": args.threads, "load_average": os.getloadavg()}
     print(json.dumps(result, indent=2))
@@ -214,6 +241,11 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     val_file = _subset(args.data / "od_val.jsonl", 28, work / "val.jsonl")
     result = {"img_size": args.img_size, "epochs": args.epochs, "train_images": 100, "val_images": 28}
     result["seed"] = args.seed
+    result["settings"] = dict(args.set)
+    base = REFERENCE_RECIPE if args.reference_recipe else DEFAULT_RECIPE
+    recipe = dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.recipe})
+    result["recipe"] = dataclasses.asdict(recipe)
+    FAMILIES[model_catalog.YOLOV5] = functools.partial(YoloFamily, recipe=recipe)
     peers = {}
     for name, python, program in (("peer", args.peer_python, _PEER_PROGRAM),
                                   ("yolov5_package", args.yolov5_python, _YOLOV5_PACKAGE_PROGRAM)):
@@ -228,9 +260,11 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     started = time.perf_counter()
     run = train(OD, train_file, val_file, output=work / "visionsweep_run", progress=False, overwrite=True,
                 settings=_settings(args.img_size, number_of_epochs=args.epochs, early_stopping=False,
-                                   validation_metric_type="coco_voc", seed=args.seed))
+                                   validation_metric_type="coco_voc", seed=args.seed, **dict(args.set)))
     ours = {"train_wall_s": round(time.perf_counter() - started, 1), "best_epoch": run.best_epoch,
             "best_validation_map50_at_0.1": run.best_score}
+    epochs = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    ours["last_validation_map50_at_0.1"] = epochs[-1]["validation"]["mean_average_precision"]
     metrics, _ = evaluate(run.run_dir, data=val_file, settings={"box_score_thresh": 0.001})
     ours.update(voc_map50=metrics["mean_average_precision"], coco_ap50=metrics["coco_metrics"]["AP50"],
                 coco_ap=metrics["coco_metrics"]["AP"])
@@ -244,6 +278,58 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
+# --- frames ----------------------------------------------------------------------------------------------
+
+
+def frames(args: argparse.Namespace, work: Path) -> dict:
+    """A trained model's boxes on the validation images in each image's own frame (as visionsweep predicts)
+    against the img_size square (``letterbox_for_inference``, the reference's): the largest coordinate
+    difference of matched boxes in original pixels, and the mAP of both."""
+    val_file = _subset(args.data / "od_val.jsonl", 28, work / "val.jsonl")
+    trained = load_trained_model(args.run / "model", device="cpu")
+    records = read_labeled_data(val_file, OD).records
+    family = family_for(trained.settings, trained.labels, trained.device, _fail)
+    model = family.inference_model(trained.model).eval()
+    size, classes = trained.settings.img_size, {name: i for i, name in enumerate(trained.labels)}
+    with torch.no_grad():
+        in_frames = {p.index: p.predictions for p in family.predict(model, family.prediction_loader(records))}
+    differences, input_differences, unmatched, lines = [], [], 0, []
+    for index, record in enumerate(records):
+        square, info = letterbox_for_inference(load_sample(record, classes), size)
+        with torch.no_grad():
+            decoded, _ = model(torch.from_numpy(square.image.transpose(2, 0, 1).copy())[None].float() / 255)
+        (found,) = postprocess(decoded, score_thresh=0.001, iou_thresh=trained.settings.nms_iou_thresh,
+                               letterbox=[info])
+        lines.append(detection_inference.prediction_line(record.image_url, found._asdict(), trained.labels,
+                                                         info.original_size))
+        confident = found.scores > 0.25
+        theirs = in_frames[index]
+        for box, label in zip(found.boxes[confident], found.labels[confident]):
+            same = theirs["boxes"][(theirs["labels"] == label) & (theirs["scores"] > 0.1)]
+            if not len(same):
+                unmatched += 1
+                continue
+            iou = box_iou(box[None], same)[0]
+            if iou.max() < 0.5:
+                unmatched += 1
+                continue
+            differences.append(float((same[iou.argmax()] - box).abs().max()))
+            input_differences.append(differences[-1] * info.scale[0])  # in pixels of the network input
+    predictions = work / "square_predictions.jsonl"
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    square_map, _ = evaluate(data=val_file, task=OD, predictions=predictions)
+    frame_map, _ = evaluate(args.run, data=val_file, settings={"box_score_thresh": 0.001})
+    spread, in_input = np.array(differences), np.array(input_differences)
+    return {"run": str(args.run), "img_size": size, "boxes_above_0.25": len(differences) + unmatched,
+            "unmatched": unmatched, "max_difference_px": round(float(spread.max()), 3),
+            "median_difference_px": round(float(np.median(spread)), 3),
+            "share_within_1px": round(float((spread < 1.0).mean()), 3),
+            "share_within_1_input_px": round(float((in_input < 1.0).mean()), 3),
+            "quantiles_90_99_px": [round(float(q), 2) for q in np.quantile(spread, [0.9, 0.99])],
+            "voc_map50_frames": frame_map["mean_average_precision"],
+            "voc_map50_square": square_map["mean_average_precision"]}
+
+
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
@@ -251,6 +337,16 @@ def _settings(size: int, **values):
     return resolve_settings(OD, {"model_name": "yolov5", "model_size": "small", "pretrained": False,
                                  "img_size": size, "training_batch_size": BATCH, "validation_batch_size": BATCH,
                                  "num_workers": 0, "seed": 0, **values})
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE; got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _subset(source: Path, count: int, output: Path) -> Path:

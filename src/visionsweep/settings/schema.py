@@ -170,7 +170,7 @@ class Settings(BaseModel):
     tile_predictions_nms_thresh: UnitFloat = Field(0.25, description="IoU of the NMS that merges tile predictions.")
 
     # --- YOLOv5 ----------------------------------------------------------------------------------
-    img_size: ImageSide = Field(640, description="Letterboxed image size; a multiple of 32.")
+    img_size: ImageSide = Field(640, description="The longer side images are resized to; a multiple of 32.")
     model_size: Literal["small", "medium", "large", "xlarge", "extra_large"] = Field(
         "medium", description="YOLOv5 depth and width.")
     multi_scale: bool = Field(False, description="Vary the training image size by +/-50% in steps of 32.")
