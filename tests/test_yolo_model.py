@@ -9,7 +9,7 @@ import torch
 from visionsweep.errors import SettingsError
 from visionsweep.models.freezing import freeze_layer_groups, train_mode
 from visionsweep.models.yolo import BACKBONE_LAYER_GROUPS, ModelEMA, YoloLoss, build_yolov5, fused_for_inference
-from visionsweep.models.yolo.layers import Conv
+from visionsweep.models.yolo.layers import SPP, Conv
 
 # Trainable parameters of the reference v3.0 models (spec 2.7), at 80 and at 1 class.
 REFERENCE_PARAMETERS = {
@@ -169,6 +169,19 @@ def test_ema_follows_the_decay_ramp():
     model.state_dict()[counter].fill_(7)
     ema.update(model)
     assert ema.module.state_dict()[counter].item() == 0
+
+
+def test_spp_pools_in_a_chain_give_the_maxima_of_each_kernel():
+    torch.manual_seed(0)
+    spp = SPP(8, 8, (5, 9, 13)).eval()
+    plain = SPP(8, 8, (5, 9, 13)).eval()
+    plain.load_state_dict(spp.state_dict())
+    plain.chained = False  # each pool on the input, as the reference computes them
+    assert spp.chained
+    x = torch.randn(2, 8, 11, 7)
+    with torch.no_grad():
+        assert torch.equal(spp(x), plain(x))
+    assert not SPP(8, 8, (3, 5, 9)).chained  # 3, 5, 7 would chain; 9 does not follow
 
 
 def test_fused_model_predicts_what_the_model_predicts():

@@ -68,7 +68,12 @@ class BottleneckCSP(nn.Module):
 
 
 class SPP(nn.Module):
-    """Spatial pyramid pooling: Conv1x1 to c1/2, concatenated with stride-1 max-pools of each kernel, Conv1x1 to c2."""
+    """Spatial pyramid pooling: Conv1x1 to c1/2, concatenated with stride-1 max-pools of each kernel, Conv1x1 to c2.
+
+    When the kernels grow as k, 2k - 1, 3k - 2 ... (the default 5, 9, 13), each pool is computed as the previous
+    one pooled again with the first kernel: the same maxima (a window of 2k - 1 is two windows of k), a
+    fraction of the work (Ultralytics' SPPF does the same).
+    """
 
     def __init__(self, c1: int, c2: int, k: Sequence[int] = (5, 9, 13)):
         super().__init__()
@@ -76,10 +81,13 @@ class SPP(nn.Module):
         self.cv1 = Conv(c1, hidden, 1, 1)
         self.cv2 = Conv(hidden * (len(k) + 1), c2, 1, 1)
         self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=size, stride=1, padding=size // 2) for size in k)
+        self.chained = all(size == k[0] + i * (k[0] - 1) for i, size in enumerate(k)) and k[0] % 2 == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.cv1(x)
-        return self.cv2(torch.cat([x, *(pool(x) for pool in self.m)], dim=1))
+        pooled = [self.cv1(x)]
+        for pool in self.m:
+            pooled.append(self.m[0](pooled[-1]) if self.chained else pool(pooled[0]))
+        return self.cv2(torch.cat(pooled, dim=1))
 
 
 class Focus(nn.Module):

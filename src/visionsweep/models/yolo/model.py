@@ -180,10 +180,12 @@ class YoloV5(nn.Module):
 
 
 def fused_for_inference(model: YoloV5) -> YoloV5:
-    """A copy of ``model`` in eval mode with each Conv's BatchNorm folded into its convolution: the same
-    outputs (to float rounding) with one operation fewer per layer. The copy is for prediction only; its
-    state dict no longer matches a checkpoint's, and the original is left as it was. A model fused already
-    (in eval mode) is returned as it is: a server fuses once, then predicts with it many times."""
+    """A copy of ``model`` in eval mode with each Conv's BatchNorm folded into its convolution and the
+    weights in channels-last layout: the same outputs (to float rounding) with one operation fewer per layer,
+    and convolutions that run faster on that layout (about 1.3 times on this project's CPUs, whatever layout
+    the input has; bench/yolo_throughput.md). The copy is for prediction only; its state dict no longer
+    matches a checkpoint's, and the original is left as it was. A model fused already (in eval mode) is
+    returned as it is: a server fuses once, then predicts with it many times."""
     if not model.training and not any(isinstance(module, Conv) and isinstance(module.bn, nn.BatchNorm2d)
                                       for module in model.modules()):
         return model
@@ -192,7 +194,7 @@ def fused_for_inference(model: YoloV5) -> YoloV5:
         if isinstance(module, Conv) and isinstance(module.bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn_eval(module.conv, module.bn)
             module.bn = nn.Identity()
-    return fused
+    return fused.to(memory_format=torch.channels_last)
 
 
 def _scaled_layers(in_channels: int, depth: float, width: float) -> tuple[list[nn.Module], list[int]]:
