@@ -260,7 +260,8 @@ def test_no_weight_decay_on_biases_norms_and_vit_tokens():
     vit = create_model("vits16r224", 3, pretrained=False, valid_crop_size=32, valid_resize_size=40)
     decay, biases, no_decay = parameter_groups(vit, 0.01)
     names = {id(p): n for n, p in vit.named_parameters()}
-    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.weight"} <= {names[id(p)] for p in no_decay["params"]}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.weight"} <= undecayed
     assert {"head.bias", "blocks.0.attn.qkv.bias"} <= {names[id(p)] for p in biases["params"]}
     assert (biases["name"], biases["weight_decay"], no_decay["weight_decay"]) == ("bias", 0.0, 0.0)
     assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}

@@ -20,8 +20,9 @@ class YoloRecipe:
     the original 4, 1, 0.4). ``obj_gain_per_pixel``: scale the objectness gain by (img_size / 640)^2 (the
     original does, the reference does not). ``label_smoothing``: class targets 1 - eps / 2 and eps / 2
     (the reference 0). ``close_mosaic_epochs``: the last epochs (at most a third of the run) train on
-    single letterboxed images instead of mosaics (the reference 0; Ultralytics 10). ``ema_ramp``: updates over which the moving
-    average's decay ramps up to 0.9999 (the reference 2000). ``warmup_bias_lr`` and ``warmup_momentum``:
+    single letterboxed images instead of mosaics (the reference 0; Ultralytics 10). ``ema_ramp``: updates
+    over which the moving average's decay ramps up to 0.9999 (the reference 2000). ``warmup_bias_lr`` and
+    ``warmup_momentum``:
     where the warm-up starts the biases' learning rate and the momentum, both going linearly to the
     schedule's values (the reference: None, the biases start at 0 like every weight and the momentum stays
     at the setting; the original 0.1 and 0.8).
