@@ -290,6 +290,12 @@ def test_unreadable_images_are_reported_not_raised(tmp_path):
     assert validation[1].image is None and validation[1].failures[0][0] == 1
     batch = collate_yolo([validation[0], validation[1]])
     assert len(batch.images) == 1 and batch.indices.tolist() == [0] and batch.failures[0][0] == 1
+    # A batch of unreadable images alone: reported, no detections, and the network is not run on nothing.
+    reported = []
+    family = YoloFamily(_settings(), CLASSES, CPU, lambda failures, stage: reported.extend(failures))
+    unreadable = collate_yolo([validation[1]])
+    assert family.detect(build_yolov5(2, "small").eval(), unreadable, "validation").images == []
+    assert [index for index, _ in reported] == [1]
     training = YoloElementDataset(records, CLASSES, 64, YoloTrainTransform(64, mosaic=True))
     torch.manual_seed(0)  # the dataset's generator follows the torch seed
     items = [training[0] for _ in range(4)]  # 12 mosaic partners drawn from both images

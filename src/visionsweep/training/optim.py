@@ -9,8 +9,8 @@ from visionsweep.errors import SettingsError
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split trainable parameters into a decayed group (weights of conv and linear layers) and two
-    undecayed ones: biases (the group named ``"bias"``, which a warm-up may start elsewhere, see
-    ``schedulers.WarmupStart``), and every other 1-d parameter such as norm scales with what the model
+    undecayed ones: biases (the group named ``"bias"``, whose warm-up may start elsewhere, see
+    ``schedulers.Schedule``'s ``warmup_bias_lr``), and every other 1-d parameter such as norm scales with what the model
     lists in ``no_weight_decay()``, e.g. a ViT's class token and position embedding. Frozen parameters
     are left out."""
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()

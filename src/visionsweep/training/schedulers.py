@@ -44,7 +44,8 @@ class Schedule:
         self.kind = kind
         self.warmup_bias_lr, self.warmup_momentum = warmup_bias_lr, warmup_momentum
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.base_momenta = [group.get("momentum", group.get("betas", (None,))[0]) for group in optimizer.param_groups]
+        self.base_momenta = [group.get("momentum", group.get("betas", (None,))[0])  # SGD's, or Adam's beta1
+                             for group in optimizer.param_groups]
         self.steps_per_epoch = steps_per_epoch
         self.warmup_steps = steps_per_epoch * warmup_epochs
         self.total_steps = steps_per_epoch * epochs

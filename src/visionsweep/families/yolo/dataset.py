@@ -57,8 +57,9 @@ class YoloBatch(NamedTuple):
     frames: list[tuple[int, int]]  # (width, height) of each image's frame; all S x S when training
 
     def by_frame(self) -> Iterator[tuple[list[int], YoloBatch]]:
-        """The batch as one batch per frame: (positions in this batch, its images cropped to that frame)."""
-        if len(set(self.frames)) <= 1:
+        """The batch as one batch per frame: (positions in this batch, its images cropped to that frame); nothing
+        for a batch without a readable image."""
+        if len(set(self.frames)) == 1:
             yield list(range(len(self.images))), self
             return
         height, width = self.images.shape[-2:]

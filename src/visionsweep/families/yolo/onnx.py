@@ -5,8 +5,8 @@ multiples of 32: each image resized so that its longer side is S = ``img_size`` 
 padding, to S x S or (as visionsweep predicts) to the smallest multiple of 32 that holds it.
 
 Output, as the reference (spec 2.13): ``output`` (N, A, 5 + classes), A = 3 x (H W / 64 + H W / 256 +
-H W / 1024) anchors, every anchor's box as (cx, cy, w,
-h) in input pixels, its objectness and its class probabilities, before any filtering. With the
+H W / 1024) anchors, every anchor's box as (cx, cy, w, h) in input pixels, its objectness and its class
+probabilities, before any filtering. With the
 ``nms`` export option the graph also does what ``geometry.yolo_boxes.postprocess`` does (the score
 filter at ``box_score_thresh``, class-aware NMS at ``nms_iou_thresh``, the best 300 per image) and
 gives the detections of the R-CNN graphs instead: ``boxes`` (K, 4) x0, y0, x1, y1 input pixels,

@@ -16,7 +16,7 @@ so that boxes map back to the original image exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -143,11 +143,9 @@ def resize_for_inference(sample: YoloSample, img_size: int) -> tuple[YoloSample,
 def letterbox_for_inference(sample: YoloSample, img_size: int) -> tuple[YoloSample, LetterboxInfo]:
     """The validation / inference path: resize the longer side to ``img_size`` (area averaging when
     shrinking) and letterbox without further enlarging. Returns the input sample and how to undo it."""
-    original = sample.size
-    resized = resize_longest(sample, img_size, augment=False)
+    resized, info = resize_for_inference(sample, img_size)
     padded, _, pad = letterbox(resized, img_size, scale_up=False)
-    width, height = resized.size
-    return padded, LetterboxInfo(original, (width / original[0], height / original[1]), pad)
+    return padded, replace(info, pad=pad)
 
 
 def mosaic(samples: Sequence[YoloSample], img_size: int, rng: np.random.Generator) -> YoloSample:
