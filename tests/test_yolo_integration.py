@@ -7,6 +7,7 @@ import json
 import pickle
 import sys
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,10 +22,12 @@ from visionsweep.data.jsonl import read_labeled_data
 from visionsweep.data.records import ImageRecord
 from visionsweep.data.report import DataReport
 from visionsweep.errors import WeightsUnavailableError
+from visionsweep.families.detection import whole_images
 from visionsweep.families.selection import family_for
 from visionsweep.families.yolo import YoloFamily
 from visionsweep.families.yolo.dataset import YoloElementDataset, collate_yolo
 from visionsweep.families.yolo.family import yolo_targets_to_pixels
+from visionsweep.families.yolo.recipe import DEFAULT_RECIPE
 from visionsweep.inference import detection as detection_inference
 from visionsweep.inference.model_folder import TrainedModel, load_trained_model
 from visionsweep.models import create_model, get_model_spec, list_models
@@ -301,6 +304,27 @@ def test_unreadable_images_are_reported_not_raised(tmp_path):
     items = [training[0] for _ in range(4)]  # 12 mosaic partners drawn from both images
     assert all(item.image is not None and item.image.shape == (3, 64, 64) for item in items)
     assert {index for item in items for index, _ in item.failures} == {1}
+
+
+def test_mosaic_closes_for_the_last_epochs_of_the_recipe_at_most_half_the_run(tmp_path):
+    records = read_labeled_data(_write_scenes(tmp_path), OD).records
+
+    def first_single_image_epoch(epochs, close):
+        family = YoloFamily(_settings(number_of_epochs=epochs), CLASSES, CPU, lambda *_: None,
+                            recipe=replace(DEFAULT_RECIPE, close_mosaic_epochs=close))
+        dataset = family.training_dataset(records, whole_images(records))
+        for epoch in range(1, epochs + 1):  # the loop counts epochs from 1
+            family.start_epoch(epoch)
+            if dataset._mosaic_closed.item():
+                return epoch
+        return None
+
+    assert DEFAULT_RECIPE.close_mosaic_epochs == 15
+    assert first_single_image_epoch(30, 15) == 16  # epochs 16 to 30 on single images
+    assert first_single_image_epoch(100, 15) == 86
+    assert first_single_image_epoch(10, 15) == 6  # at most half the run
+    assert first_single_image_epoch(1, 15) is None  # a one-epoch run keeps its mosaics
+    assert first_single_image_epoch(30, 0) is None  # the reference's recipe
 
 
 def test_yolo_targets_to_pixels_by_hand():
