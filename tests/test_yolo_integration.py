@@ -315,7 +315,7 @@ def test_mosaic_closes_for_the_last_epochs_of_the_recipe_at_most_half_the_run(tm
         dataset = family.training_dataset(records, whole_images(records))
         for epoch in range(1, epochs + 1):  # the loop counts epochs from 1
             family.start_epoch(epoch)
-            if dataset._mosaic_closed.item():
+            if dataset.mosaic_closed:
                 return epoch
         return None
 

@@ -98,6 +98,10 @@ class YoloElementDataset(YoloDataset):
         process and in every loader worker."""
         self._mosaic_closed.fill_(True)
 
+    @property
+    def mosaic_closed(self) -> bool:
+        return bool(self._mosaic_closed.item())
+
     def __len__(self) -> int:
         return len(self.elements)
 
@@ -109,7 +113,7 @@ class YoloElementDataset(YoloDataset):
             return self.failed(index, describe_decode_error(error))
         if self.transform is None:
             return self.item(index, image, objects)
-        transform = self.transform.without_mosaic() if self._mosaic_closed.item() else self.transform
+        transform = self.transform.without_mosaic() if self.mosaic_closed else self.transform
         sample = _sample(np.asarray(image), objects, self.class_index)
         rng = self._generator()
         group, failures = [sample], []
